@@ -1,0 +1,109 @@
+"""The application factory: ``create_app(config)`` builds everything; nothing is global.
+
+Resources open in this order and close in the reverse: the durable log, then the router (its
+workers open their destinations). aiohttp stops accepting connections and finishes in-flight
+requests before any of them is closed, so an acknowledged event is always in the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pluggy
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.config import GatewayConfig
+from gateway.ingress import (
+    IngressState,
+    add_segment_routes,
+    add_segops_routes,
+    json_response,
+    make_error_middleware,
+)
+from gateway.log.sqlite import SqliteEventLog
+from gateway.metrics import Metrics
+from gateway.plugins import make_plugin_manager
+from gateway.router import RetryPolicy, Router
+
+__all__ = [
+    "CONFIG_KEY",
+    "LOG_KEY",
+    "METRICS_KEY",
+    "PLUGINS_KEY",
+    "ROUTER_KEY",
+    "SERVER_OPTIONS",
+    "create_app",
+]
+
+CONFIG_KEY = web.AppKey("config", GatewayConfig)
+LOG_KEY = web.AppKey("log", SqliteEventLog)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+PLUGINS_KEY = web.AppKey("plugins", pluggy.PluginManager)
+ROUTER_KEY = web.AppKey("router", Router)
+
+# How the app must be served: ingress inflates gzip itself, bounded while streaming, so aiohttp's
+# own decompression is off (with it on, a body claiming gzip that is not would get a text 400).
+SERVER_OPTIONS: dict[str, object] = {"auto_decompress": False}
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    plugin_manager: pluggy.PluginManager | None = None,
+    retry_policy: RetryPolicy | None = None,
+) -> web.Application:
+    """Build the gateway's application for ``config``; serve it with ``**SERVER_OPTIONS``.
+
+    The caller validates ``config`` first (``load_config`` with the same plugin manager).
+    """
+    limits = config.server.limits
+    metrics = Metrics()
+    pm = plugin_manager or make_plugin_manager()
+    event_log = SqliteEventLog(
+        config.storage.data_dir, disk_quota_bytes=int(config.storage.disk_quota_mb * 1024 * 1024)
+    )
+    app = web.Application(
+        middlewares=[make_error_middleware(metrics)],
+        client_max_size=max(limits.max_batch_bytes, limits.max_event_bytes) + 1,
+    )
+    app[CONFIG_KEY] = config
+    app[METRICS_KEY] = metrics
+    app[PLUGINS_KEY] = pm
+    app[LOG_KEY] = event_log
+    app[ROUTER_KEY] = Router(config, event_log, metrics, pm, retry_policy)
+
+    state = IngressState(config, event_log, metrics)
+    add_segment_routes(app, state)
+    add_segops_routes(app, state)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    app.cleanup_ctx.append(_event_log)
+    app.cleanup_ctx.append(_router)
+    return app
+
+
+async def _event_log(app: web.Application) -> AsyncIterator[None]:
+    await app[LOG_KEY].open()
+    yield
+    await app[LOG_KEY].close()
+
+
+async def _router(app: web.Application) -> AsyncIterator[None]:
+    router = app[ROUTER_KEY]
+    await router.start()
+    yield
+    await router.stop(app[CONFIG_KEY].server.shutdown_grace_s)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    metrics.log_bytes.set(request.app[LOG_KEY].used_bytes())
+    return web.Response(
+        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def _health(request: web.Request) -> web.Response:
+    event_log = request.app[LOG_KEY]
+    return json_response(200, {"status": "ok", "last_seq": event_log.last_seq()})

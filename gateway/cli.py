@@ -1,0 +1,210 @@
+"""The ``eventgate`` command: serve, check, plugins, send."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pluggy
+from aiohttp import web
+
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError
+from gateway.logging import configure_logging
+from gateway.plugins import destination_types, make_plugin_manager
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "config/gateway.yaml"
+
+
+def _default_config() -> str:
+    return os.environ.get("EVENTGATE_CONFIG", DEFAULT_CONFIG)
+
+
+def _load(path: str, pm: pluggy.PluginManager) -> GatewayConfig | None:
+    try:
+        return load_config(path, plugin_manager=pm)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s); nothing was started", file=sys.stderr)
+        return None
+
+
+def _with_overrides(config: GatewayConfig, args: argparse.Namespace) -> GatewayConfig:
+    server: dict[str, Any] = {}
+    if args.host is not None:
+        server["host"] = args.host
+    if args.port is not None:
+        server["port"] = args.port
+    update: dict[str, Any] = {}
+    if server:
+        update["server"] = config.server.model_copy(update=server)
+    if args.data_dir is not None:
+        update["storage"] = config.storage.model_copy(update={"data_dir": Path(args.data_dir)})
+    return config.model_copy(update=update) if update else config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
+    from gateway.app import SERVER_OPTIONS, create_app  # noqa: PLC0415 - keeps `check` light
+
+    configure_logging(args.log_level)
+    pm = make_plugin_manager()
+    config = _load(args.config, pm)
+    if config is None:
+        return 2
+    config = _with_overrides(config, args)
+    app = create_app(config, plugin_manager=pm)
+    server = config.server
+    web.run_app(
+        app,
+        host=server.host,
+        port=server.port,
+        shutdown_timeout=server.shutdown_grace_s,
+        access_log=None,
+        **SERVER_OPTIONS,  # type: ignore[arg-type]
+        print=lambda _: print(
+            f"eventgate listening on http://{server.host}:{server.port} "
+            f"(config {args.config}, data {config.storage.data_dir})",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a config file; print every problem; exit non-zero if there are any."""
+    config = _load(args.path, make_plugin_manager())
+    if config is None:
+        return 1
+    print(
+        f"{args.path}: ok ({len(config.sources)} source(s), "
+        f"{len(config.destinations)} destination(s))"
+    )
+    return 0
+
+
+def cmd_plugins(_args: argparse.Namespace) -> int:
+    """List every installed destination type with its settings."""
+    try:
+        types = destination_types(make_plugin_manager())
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 1
+    for name, dtype in sorted(types.items()):
+        print(f"{name}  ({dtype.cls.display_name or dtype.cls.__name__}; plugin {dtype.plugin})")
+        schema = dtype.cls.describe_settings()
+        required = set(schema.get("required", []))
+        for field, spec in schema.get("properties", {}).items():
+            kind = spec.get("type") or " | ".join(
+                str(s.get("type", "?")) for s in spec.get("anyOf", [])
+            )
+            default = "required" if field in required else f"default {spec.get('default')!r}"
+            print(f"    {field}: {kind or 'any'} ({default})")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send one test event to a running gateway and print the response."""
+    write_key = args.write_key
+    url = args.url
+    if write_key is None or url is None:
+        config = _load(args.config, make_plugin_manager())
+        if config is None:
+            return 2
+        keys = [k for s in config.sources for k in s.write_keys]
+        if write_key is None:
+            if not keys:
+                print("no write key in the config; pass --write-key", file=sys.stderr)
+                return 2
+            write_key = keys[0].get_secret_value()
+        if url is None:
+            host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host  # noqa: S104
+            url = f"http://{host}:{config.server.port}"
+    message: dict[str, Any] = {"userId": args.user_id}
+    if args.type == "track":
+        message["event"] = args.event
+        message["properties"] = orjson.loads(args.properties)
+    elif args.type in ("identify", "group"):
+        message["traits"] = orjson.loads(args.properties)
+        if args.type == "group":
+            message["groupId"] = args.group_id
+    elif args.type == "alias":
+        message["previousId"] = args.previous_id
+    return asyncio.run(_post(f"{url.rstrip('/')}/v1/{args.type}", write_key, message))
+
+
+async def _post(url: str, write_key: str, message: dict[str, Any]) -> int:
+    token = base64.b64encode(f"{write_key}:".encode()).decode()
+    headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=15)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, data=orjson.dumps(message), headers=headers) as response,
+        ):
+            body = await response.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"POST {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"POST {url} -> {response.status}")
+    print(body)
+    return 0 if response.status == 200 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``eventgate`` command."""
+    parser = argparse.ArgumentParser(prog="eventgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", default=_default_config(), help="YAML config file")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--data-dir", help="override storage.data_dir")
+    serve.add_argument("--log-level", default=os.environ.get("EVENTGATE_LOG_LEVEL", "info"))
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a config file")
+    check.add_argument("path", nargs="?", default=_default_config())
+    check.set_defaults(func=cmd_check)
+
+    plugins = sub.add_parser("plugins", help="list installed destination types")
+    plugins.set_defaults(func=cmd_plugins)
+
+    send = sub.add_parser("send", help="send one test event to a running gateway")
+    send.add_argument("--config", default=_default_config(), help="where to find url and key")
+    send.add_argument("--url", help="gateway base URL, e.g. http://127.0.0.1:8088")
+    send.add_argument("--write-key", help="a source's write key")
+    send.add_argument("--type", default="track", choices=sorted(_SEND_TYPES))
+    send.add_argument("--event", default="eventgate test event")
+    send.add_argument("--user-id", default="eventgate-cli")
+    send.add_argument("--properties", default="{}", help="JSON object (traits for identify)")
+    send.add_argument("--group-id", default="eventgate-cli-group")
+    send.add_argument("--previous-id", default="eventgate-cli-previous")
+    send.set_defaults(func=cmd_send)
+    return parser
+
+
+_SEND_TYPES = {"track", "identify", "page", "screen", "group", "alias"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``eventgate`` console script."""
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

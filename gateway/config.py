@@ -1,0 +1,305 @@
+"""The YAML configuration as pydantic models, with ``${ENV}`` interpolation and precise errors."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pluggy
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from gateway.errors import ConfigError
+
+__all__ = [
+    "BatchConfig",
+    "DestinationConfig",
+    "GatewayConfig",
+    "LimitsConfig",
+    "ServerConfig",
+    "SourceConfig",
+    "StorageConfig",
+    "interpolate_env",
+    "load_config",
+    "parse_config",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitsConfig(_Model):
+    """Request limits; they apply to the uncompressed JSON (WIRE.md section 1)."""
+
+    max_event_bytes: int = Field(32 * 1024, gt=0)
+    max_batch_bytes: int = Field(500 * 1024, gt=0)
+    max_batch_events: int = Field(2500, gt=0)
+    max_segops_batch_events: int = Field(500, gt=0)
+
+
+class ServerConfig(_Model):
+    """Where the gateway listens and how it treats requests."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8088, ge=0, le=65535)
+    limits: LimitsConfig = LimitsConfig()
+    trusted_proxy_header: str | None = None
+    """A header such as ``X-Forwarded-For`` whose first address is the client's ``context.ip``.
+    Set it only behind a proxy that overwrites it."""
+    shutdown_grace_s: float = Field(10.0, ge=0)
+
+
+class StorageConfig(_Model):
+    """The durable event log."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    data_dir: Path = Path("data")
+    disk_quota_mb: float = Field(10_240, gt=0)
+    """When the log reaches this size, ingress answers 503 with ``Retry-After``."""
+    retry_after_s: int = Field(30, gt=0)
+    """The ``Retry-After`` sent with a 503 when storage cannot accept."""
+
+
+class SourceConfig(_Model):
+    """A source: who may send, and which destinations its events feed."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    write_keys: list[SecretStr] = []
+    """Keys for the Segment ``/v1`` API (Basic auth or ``writeKey`` in the body)."""
+    api_keys: list[SecretStr] = []
+    """Bearer keys (``sk_...``) for the SegOps-style ``/api/ingestion`` API."""
+    destinations: list[str] | None = None
+    """Destination names this source feeds; omitted means every destination."""
+
+    @model_validator(mode="after")
+    def _has_a_key(self) -> SourceConfig:
+        if not self.write_keys and not self.api_keys:
+            raise ValueError("a source needs at least one entry in write_keys or api_keys")
+        for key in [*self.write_keys, *self.api_keys]:
+            if not key.get_secret_value():
+                raise ValueError("keys must not be empty (is an ${ENV} variable empty?)")
+        return self
+
+
+class BatchConfig(_Model):
+    """How the router groups events for one destination."""
+
+    max_events: int = Field(500, gt=0, le=100_000)
+    max_age_s: float = Field(0.5, ge=0)
+    """How long the first event of an incomplete batch may wait for company."""
+
+
+class DestinationConfig(_Model):
+    """A destination: a name, a plugin type and that type's settings."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    type: str
+    enabled: bool = True
+    batch: BatchConfig = BatchConfig()
+    settings: dict[str, Any] = {}
+
+
+class GatewayConfig(_Model):
+    """The whole gateway configuration (one YAML file)."""
+
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    sources: list[SourceConfig] = Field(min_length=1)
+    destinations: list[DestinationConfig] = []
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> GatewayConfig:
+        _unique("sources", [s.name for s in self.sources])
+        _unique("destinations", [d.name for d in self.destinations])
+        keys = [k.get_secret_value() for s in self.sources for k in (*s.write_keys, *s.api_keys)]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a key is used twice; every write key and API key must be unique")
+        names = {d.name for d in self.destinations}
+        for source in self.sources:
+            for name in source.destinations or []:
+                if name not in names:
+                    raise ValueError(
+                        f"source {source.name!r} feeds destination {name!r}, which is not "
+                        f"configured; configured destinations: {sorted(names) or 'none'}"
+                    )
+        return self
+
+    def destinations_of(self, source: str) -> list[str]:
+        """The enabled destination names the named source feeds."""
+        spec = next(s for s in self.sources if s.name == source)
+        wanted = spec.destinations
+        return [
+            d.name for d in self.destinations if d.enabled and (wanted is None or d.name in wanted)
+        ]
+
+
+def _unique(what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what}: the name {name!r} is used twice; names must be unique")
+        seen.add(name)
+
+
+_ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate_env(
+    value: Any, env: Mapping[str, str], path: str = "", problems: list[str] | None = None
+) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of ``value``; ``$$`` is ``$``.
+
+    Unset variables without a default are appended to ``problems`` as ``path: ...`` lines.
+    """
+    problems = [] if problems is None else problems
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(
+                f"{path or '<root>'}: environment variable {name} is not set; "
+                f"set it, or write ${{{name}:-default}}"
+            )
+            return ""
+
+        return _ENV_PATTERN.sub(replace, value)
+    if isinstance(value, list):
+        return [interpolate_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {
+            k: interpolate_env(v, env, f"{path}.{k}" if path else str(k), problems)
+            for k, v in value.items()
+        }
+    return value
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "<root>"
+
+
+def _allowed_keys(model: Any, loc: tuple[int | str, ...]) -> list[str] | None:
+    """The keys valid at the mapping that holds ``loc``'s last part, when it is a model."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if _is_model(model) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if _is_model(c)), None)
+        if model is None:
+            return None
+    return sorted(model.model_fields) if _is_model(model) else None
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _problems_from(
+    exc: ValidationError, *, model: type[BaseModel], prefix: str, file: str
+) -> list[str]:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc)
+            valid = f"; valid keys here: {', '.join(allowed)}" if allowed else ""
+            message = "unknown key" + valid
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        where = _format_loc(loc)
+        if prefix:
+            where = f"{prefix}.{where}" if where != "<root>" else prefix
+        problems.append(f"{file}: {where}: {message}")
+    return problems
+
+
+def parse_config(
+    data: Any,
+    *,
+    file: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    plugin_manager: pluggy.PluginManager | None = None,
+) -> GatewayConfig:
+    """Validate parsed YAML into a :class:`GatewayConfig`, including each destination's settings.
+
+    Raises:
+        ConfigError: with every problem found, each naming the file and the key path.
+    """
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"{file}: the file must hold a mapping (server, storage, sources, ...)"])
+    data = interpolate_env(data, os.environ if env is None else env, "", problems)
+    if problems:
+        raise ConfigError([f"{file}: {p}" for p in problems])
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems_from(exc, model=GatewayConfig, prefix="", file=file)) from exc
+
+    if plugin_manager is not None:
+        from gateway.plugins import destination_types  # noqa: PLC0415 - avoids an import cycle
+
+        types = destination_types(plugin_manager)
+        for i, dest in enumerate(config.destinations):
+            dtype = types.get(dest.type)
+            if dtype is None:
+                problems.append(
+                    f"{file}: destinations[{i}].type: unknown destination type {dest.type!r}; "
+                    f"installed types: {', '.join(sorted(types)) or 'none'}"
+                )
+                continue
+            model = dtype.cls.settings_model
+            try:
+                model.model_validate(dest.settings)
+            except ValidationError as exc:
+                prefix = f"destinations[{i}].settings"
+                problems.extend(_problems_from(exc, model=model, prefix=prefix, file=file))
+        if problems:
+            raise ConfigError(problems)
+    return config
+
+
+def load_config(
+    path: str | Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    plugin_manager: pluggy.PluginManager | None = None,
+) -> GatewayConfig:
+    """Read, interpolate and validate the YAML file at ``path``.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or does not validate.
+    """
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read the file: {exc.strerror}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{file}: {where}: {problem}"]) from exc
+    return parse_config(data, file=file, env=env, plugin_manager=plugin_manager)

@@ -1,0 +1,31 @@
+"""The hooks an eventgate plugin can implement. Nothing but hookspecs lives here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("eventgate")
+
+
+@hookspec
+def register_destination_types() -> list[type[Any]]:  # type: ignore[empty-body]
+    """Return the destination classes this plugin provides.
+
+    Each is a subclass of :class:`gateway.Destination` or :class:`gateway.BatchDestination` with a
+    unique ``type_name``. Every plugin's list is collected; two classes claiming the same
+    ``type_name`` fail startup with both plugin names.
+    """
+
+
+@hookspec
+def delivery_finished(
+    destination: str, source: str, message_id: str, outcome: str, reason: str | None
+) -> None:
+    """Observe the end of one event's delivery to one destination; return value ignored.
+
+    ``outcome`` is ``"delivered"`` or ``"failed"`` (a retry follows); ``reason`` says why it
+    failed and is ``None`` on success. Called on the router's event loop: keep it fast, never
+    block.
+    """

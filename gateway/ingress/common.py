@@ -1,0 +1,158 @@
+"""What both ingress APIs share: auth key rings, storing, counting and the JSON answers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+from gateway.errors import (
+    EventRejectedError,
+    RequestRejectedError,
+    StorageFullError,
+    StorageUnavailableError,
+)
+from gateway.events import NormalizedEvent, RequestContext
+from gateway.ingress.auth import KeyRing
+from gateway.log.base import EventLog
+from gateway.metrics import Metrics
+
+__all__ = ["IngressState", "json_response", "make_error_middleware"]
+
+log = structlog.get_logger("eventgate.ingress")
+
+_SUCCESS = b'{"success":true}'
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response (every ingress answer is JSON: Ruby's SDK parses them all)."""
+    return web.Response(
+        status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers
+    )
+
+
+class IngressState:
+    """The configuration and services the ingress handlers use."""
+
+    def __init__(self, config: GatewayConfig, event_log: EventLog, metrics: Metrics) -> None:
+        self.limits = config.server.limits
+        self.trusted_proxy_header = config.server.trusted_proxy_header
+        self.retry_after_s = config.storage.retry_after_s
+        self.write_keys = KeyRing(
+            (k.get_secret_value(), s.name) for s in config.sources for k in s.write_keys
+        )
+        self.api_keys = KeyRing(
+            (k.get_secret_value(), s.name) for s in config.sources for k in s.api_keys
+        )
+        self.log = event_log
+        self.metrics = metrics
+
+    def request_context(
+        self,
+        request: web.Request,
+        source: str,
+        *,
+        sent_at: datetime | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
+    ) -> RequestContext:
+        """What this request adds to each of its events (receive time, client IP, batch fields)."""
+        client_ip = request.remote
+        if self.trusted_proxy_header:
+            forwarded = request.headers.get(self.trusted_proxy_header)
+            if forwarded:
+                client_ip = forwarded.split(",", 1)[0].strip() or client_ip
+        return RequestContext(
+            source=source,
+            received_at=datetime.now(UTC),
+            client_ip=client_ip,
+            sent_at=sent_at,
+            context=context,
+            integrations=integrations,
+        )
+
+    async def store(self, source: str, events: list[NormalizedEvent]) -> None:
+        """Append ``events`` durably; storage trouble becomes a 503 with ``Retry-After``."""
+        if not events:
+            return
+        try:
+            await self.log.append(events)
+        except StorageFullError:
+            raise RequestRejectedError(
+                503,
+                "storage_full",
+                "the gateway's storage is full; retry later",
+                retry_after_s=self.retry_after_s,
+            ) from None
+        except StorageUnavailableError:
+            raise RequestRejectedError(
+                503,
+                "storage_unavailable",
+                "the gateway cannot store events right now; retry later",
+                retry_after_s=self.retry_after_s,
+            ) from None
+        self.metrics.events_received.labels(source).inc(len(events))
+
+    def count_rejected(self, source: str, code: str) -> None:
+        """Count one event refused at ingress."""
+        self.metrics.events_rejected.labels(source, code).inc()
+        log.info("ingress.event_rejected", source=source, code=code)
+
+    def rejection(
+        self, source: str, index: int, item: Any, exc: EventRejectedError
+    ) -> dict[str, Any]:
+        """Count one refused batch item and describe it for the response."""
+        self.count_rejected(source, exc.code)
+        message_id = item.get("messageId") if isinstance(item, dict) else None
+        return {
+            "index": index,
+            "messageId": message_id if isinstance(message_id, str) else None,
+            "code": exc.code,
+            "message": exc.message,
+        }
+
+    @staticmethod
+    def success(
+        status: int = 200, rejected: list[dict[str, Any]] | None = None, **extra: Any
+    ) -> web.Response:
+        """``{"success": true}``, with the per-event rejections when there are any."""
+        if not rejected and not extra:
+            return web.Response(status=status, body=_SUCCESS, content_type="application/json")
+        payload: dict[str, Any] = {"success": True, **extra}
+        if rejected:
+            payload["rejected"] = rejected
+        return json_response(status, payload)
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_error_middleware(metrics: Metrics) -> Any:
+    """A middleware turning every refusal into ``{"success": false, "code", "message"}``."""
+
+    @web.middleware
+    async def error_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RequestRejectedError as exc:
+            metrics.requests_rejected.labels(exc.code).inc()
+            log.info("ingress.rejected", path=request.path, status=exc.status, code=exc.code)
+            headers = None
+            if exc.retry_after_s is not None:
+                headers = {"Retry-After": str(exc.retry_after_s)}
+            payload = {"success": False, "code": exc.code, "message": exc.message}
+            return json_response(exc.status, payload, headers)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = exc.reason.lower().replace(" ", "_")
+            payload = {"success": False, "code": code, "message": exc.reason}
+            allow = exc.headers.get("Allow")
+            return json_response(exc.status, payload, {"Allow": allow} if allow else None)
+
+    return error_middleware

@@ -1,0 +1,77 @@
+"""The storage protocol every backend implements (embedded SQLite today, JetStream later)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.destination import Event
+from gateway.events import NormalizedEvent
+
+__all__ = ["DeadLetter", "EventLog", "ReadResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """Events a destination should deliver next, and how far the scan got.
+
+    ``scanned_to`` may be past the last event returned when the rows in between belong to sources
+    that do not feed the destination; the caller may advance its cursor to it.
+    """
+
+    events: list[Event]
+    scanned_to: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a destination gave up on, with the reason and the last exchange."""
+
+    destination: str
+    event: Event
+    reason: str
+    attempts: int
+    first_attempt_at: float
+    last_attempt_at: float
+    request: str | None
+    response: str | None
+
+
+class EventLog(Protocol):
+    """Append durably, read per destination, remember each destination's position."""
+
+    async def open(self) -> None:
+        """Create or recover the storage; must be called before anything else."""
+
+    async def close(self) -> None:
+        """Finish pending writes and release the storage."""
+
+    async def append(self, events: Sequence[NormalizedEvent]) -> None:
+        """Store ``events`` durably; return only once they survive a crash.
+
+        Raises:
+            StorageFullError: the disk quota is reached; nothing was stored.
+            StorageUnavailableError: the storage cannot be written; nothing was stored.
+        """
+
+    def last_seq(self) -> int:
+        """The sequence number of the newest durable event (0 when empty)."""
+
+    async def wait_beyond(self, seq: int, timeout_s: float) -> None:
+        """Return once an event newer than ``seq`` is durable, or after ``timeout_s``."""
+
+    async def read(self, after: int, limit: int, sources: Collection[str] | None) -> ReadResult:
+        """Up to ``limit`` events after sequence ``after`` from ``sources`` (``None``: all)."""
+
+    async def get_cursor(self, destination: str) -> int | None:
+        """The destination's saved position, or ``None`` if it has none yet."""
+
+    async def set_cursor(self, destination: str, seq: int) -> None:
+        """Durably save the destination's position: everything up to ``seq`` is handled."""
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Durably keep events a destination gave up on."""
+
+    async def compact(self, active_destinations: Collection[str]) -> int:
+        """Delete events every active destination has passed; return how many were deleted."""

@@ -1,0 +1,369 @@
+"""The embedded log: SQLite in WAL mode, one writer thread that group-commits.
+
+Every write (appends, cursor saves, dead letters, compaction) is queued to one writer thread.
+The thread takes everything queued since its last commit, runs it in one transaction and commits
+with ``synchronous=FULL``, so the WAL is fsync'd before any of those callers is answered. While it
+commits, new writes queue up for the next commit: concurrent requests share one fsync.
+Reads use a second connection on a reader thread; WAL lets them run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from gateway.destination import Event
+from gateway.errors import StorageFullError, StorageUnavailableError
+from gateway.events import NormalizedEvent
+from gateway.log.base import DeadLetter, ReadResult
+
+__all__ = ["SqliteEventLog"]
+
+log = structlog.get_logger("eventgate.log")
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    destination TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_attempt_at REAL NOT NULL,
+    last_attempt_at REAL NOT NULL,
+    request TEXT,
+    response TEXT
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_destination ON dead_letters (destination, id);
+"""
+
+_INSERT_EVENT = "INSERT INTO events (source, message_id, received_at, body) VALUES (?, ?, ?, ?)"
+
+_Op = Callable[[sqlite3.Connection], Any]
+
+
+class _Write:
+    __slots__ = ("future", "op", "quota_checked")
+
+    def __init__(self, op: _Op, future: asyncio.Future[Any], *, quota_checked: bool) -> None:
+        self.op = op
+        self.future = future
+        self.quota_checked = quota_checked
+
+
+class SqliteEventLog:
+    """The embedded :class:`~gateway.log.EventLog`: a SQLite WAL file in ``data_dir``."""
+
+    def __init__(self, data_dir: Path, *, disk_quota_bytes: int) -> None:
+        self.path = Path(data_dir) / "events.db"
+        self.disk_quota_bytes = disk_quota_bytes
+        self._queue: list[_Write] = []
+        self._queue_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._writer: threading.Thread | None = None
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventgate-log-reader")
+        self._reader_conn: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_seq = 0
+        self._new_data = asyncio.Event()
+        self._used_bytes = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the file and schema, then start the writer and reader threads."""
+        self._loop = asyncio.get_running_loop()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path)
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        self._last_seq = max(row[0], seq_row[0] if seq_row else 0)
+        self._used_bytes = self._measure(conn)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="eventgate-log-writer", daemon=True
+        )
+        self._writer.start()
+        self._reader_conn = await self._on_reader(lambda: _connect(self.path))
+        log.info("log.opened", path=str(self.path), last_seq=self._last_seq)
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop both threads and close the connections."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
+        if self._reader_conn is not None:
+            conn = self._reader_conn
+            await self._on_reader(conn.close)
+        self._reader.shutdown(wait=True)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def append(self, events: Sequence[NormalizedEvent]) -> None:
+        """Store ``events`` durably (group-committed, fsync'd) and return."""
+        if not events:
+            return
+        rows = [(e.source, e.message_id, e.received_at, e.body) for e in events]
+
+        def insert(conn: sqlite3.Connection) -> int:
+            conn.executemany(_INSERT_EVENT, rows)
+            return int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+
+        await self._submit(insert, quota_checked=True)
+
+    async def set_cursor(self, destination: str, seq: int) -> None:
+        """Durably save how far ``destination`` has got."""
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO cursors (destination, seq) VALUES (?, ?) "
+                "ON CONFLICT (destination) DO UPDATE SET seq = excluded.seq",
+                (destination, seq),
+            )
+
+        await self._submit(save, quota_checked=False)
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Durably keep events a destination gave up on."""
+        rows = [
+            (
+                d.destination,
+                d.event.seq,
+                d.event.source,
+                d.event.message_id,
+                d.event.raw,
+                d.reason,
+                d.attempts,
+                d.first_attempt_at,
+                d.last_attempt_at,
+                d.request,
+                d.response,
+            )
+            for d in letters
+        ]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO dead_letters (destination, seq, source, message_id, body, reason, "
+                "attempts, first_attempt_at, last_attempt_at, request, response) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+        await self._submit(insert, quota_checked=False)
+
+    async def compact(self, active_destinations: Collection[str]) -> int:
+        """Delete the events every active destination's cursor has passed."""
+        names = list(active_destinations)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            if not names:
+                bound = self._last_seq
+            else:
+                marks = ",".join("?" * len(names))
+                row = conn.execute(
+                    f"SELECT COUNT(*), MIN(seq) FROM cursors WHERE destination IN ({marks})",  # noqa: S608 - placeholders only
+                    names,
+                ).fetchone()
+                if row[0] < len(names):
+                    return 0  # a destination without a cursor has not started reading yet
+                bound = row[1]
+            return conn.execute("DELETE FROM events WHERE seq <= ?", (bound,)).rowcount
+
+        deleted: int = await self._submit(delete, quota_checked=False)
+        return deleted
+
+    async def _submit(self, op: _Op, *, quota_checked: bool) -> Any:
+        if self._closing:
+            raise StorageUnavailableError("the log is shutting down")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        with self._queue_lock:
+            self._queue.append(_Write(op, future, quota_checked=quota_checked))
+        self._wake.set()
+        return await future
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                if batch:
+                    self._commit(conn, batch)
+                elif self._closing:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
+        """Run ``batch`` in one transaction; answer each caller once the commit is durable."""
+        results: list[tuple[_Write, Any, BaseException | None]] = []
+        over_quota = self._used_bytes >= self.disk_quota_bytes
+        new_seq = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                if write.quota_checked and over_quota:
+                    results.append((write, None, StorageFullError("the disk quota is reached")))
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = write.op(conn)
+                except Exception as exc:  # noqa: BLE001 - one failed write must not sink the rest
+                    conn.execute("ROLLBACK TO op")
+                    results.append((write, None, _storage_error(exc)))
+                else:
+                    if write.quota_checked:
+                        new_seq = value
+                    results.append((write, value, None))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("log.commit_failed", error=str(exc))
+            if conn.in_transaction:
+                conn.rollback()
+            error = _storage_error(exc)
+            results = [(w, None, error) for w in batch]
+            new_seq = None
+        if new_seq is not None:
+            self._last_seq = new_seq
+        self._used_bytes = self._measure(conn)
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting any more
+            self._loop.call_soon_threadsafe(self._finish, results, new_seq is not None)
+
+    def _finish(self, results: list[tuple[_Write, Any, BaseException | None]], grew: bool) -> None:
+        for write, value, error in results:
+            if write.future.done():
+                continue
+            if error is None:
+                write.future.set_result(value)
+            else:
+                write.future.set_exception(error)
+        if grew:
+            event, self._new_data = self._new_data, asyncio.Event()
+            event.set()
+
+    def _measure(self, conn: sqlite3.Connection) -> int:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            wal = os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            wal = 0
+        return int((pages - free) * size + wal)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        """The newest durable sequence number."""
+        return self._last_seq
+
+    def used_bytes(self) -> int:
+        """Bytes the log occupies on disk (live pages plus the WAL), as of the last commit."""
+        return self._used_bytes
+
+    async def wait_beyond(self, seq: int, timeout_s: float) -> None:
+        """Return once an event newer than ``seq`` is durable, or after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self._last_seq <= seq:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._new_data.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def read(self, after: int, limit: int, sources: Collection[str] | None) -> ReadResult:
+        """Up to ``limit`` events after ``after``, from ``sources`` (``None``: every source)."""
+        wanted = None if sources is None else frozenset(sources)
+
+        def query() -> ReadResult:
+            assert self._reader_conn is not None
+            rows = self._reader_conn.execute(
+                "SELECT seq, source, message_id, received_at, body FROM events WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            events = [
+                Event(seq=seq, source=source, message_id=message_id, raw=body, received_at=at)
+                for seq, source, message_id, at, body in rows
+                if wanted is None or source in wanted
+            ]
+            return ReadResult(events=events, scanned_to=rows[-1][0] if rows else after)
+
+        return await self._on_reader(query)
+
+    async def get_cursor(self, destination: str) -> int | None:
+        """The saved position of ``destination``, or ``None``."""
+
+        def query() -> int | None:
+            assert self._reader_conn is not None
+            row = self._reader_conn.execute(
+                "SELECT seq FROM cursors WHERE destination = ?", (destination,)
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._on_reader(query)
+
+    async def count_dead_letters(self, destination: str | None = None) -> int:
+        """How many dead letters are kept (for one destination, or all)."""
+
+        def query() -> int:
+            assert self._reader_conn is not None
+            if destination is None:
+                row = self._reader_conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+            else:
+                row = self._reader_conn.execute(
+                    "SELECT COUNT(*) FROM dead_letters WHERE destination = ?", (destination,)
+                ).fetchone()
+            return int(row[0])
+
+        return await self._on_reader(query)
+
+    async def _on_reader(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _storage_error(exc: Exception) -> Exception:
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+        return StorageFullError("the disk is full")
+    return StorageUnavailableError(f"the log cannot be written: {exc}")

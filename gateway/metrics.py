@@ -1,0 +1,69 @@
+"""Prometheus metrics, one registry per application (no module-level singletons)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class Metrics:
+    """Every metric eventgate exports; ``registry`` is what ``/metrics`` renders."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_received = Counter(
+            "eventgate_events_received",
+            "Events accepted and stored, by source",
+            ["source"],
+            registry=r,
+        )
+        self.events_rejected = Counter(
+            "eventgate_events_rejected",
+            "Events refused at ingress, by source and reason code",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.requests_rejected = Counter(
+            "eventgate_requests_rejected",
+            "Whole ingress requests refused, by reason code",
+            ["code"],
+            registry=r,
+        )
+        self.delivered = Counter(
+            "eventgate_events_delivered",
+            "Events delivered, by destination",
+            ["destination"],
+            registry=r,
+        )
+        self.delivery_failures = Counter(
+            "eventgate_delivery_failures",
+            "Failed delivery attempts, by destination and whether they will be retried",
+            ["destination", "retryable"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "eventgate_events_dead_lettered",
+            "Events given up on, by destination",
+            ["destination"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "eventgate_queue_depth",
+            "Events in the log not yet handled by the destination",
+            ["destination"],
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "eventgate_end_to_end_latency_seconds",
+            "Time from receivedAt to delivered",
+            ["destination"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.log_bytes = Gauge(
+            "eventgate_log_bytes", "Bytes the durable log occupies on disk", registry=r
+        )

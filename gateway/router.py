@@ -1,0 +1,293 @@
+"""The router: one worker per destination, reading its own position in the log.
+
+A worker reads the next events for its destination, waits (up to ``batch.max_age_s``) for a
+batch to fill, delivers it through the plugin, retries retryable failures with backoff, keeps
+permanent failures as dead letters, and only then durably advances its cursor. A crash at any
+point therefore repeats at most the batch in hand (at-least-once), and loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import backoff
+import pluggy
+import structlog
+
+from gateway.config import DestinationConfig, GatewayConfig
+from gateway.destination import Destination, Event, deliver
+from gateway.errors import DeliveryError, RetryableDeliveryError
+from gateway.log.base import DeadLetter, EventLog
+from gateway.metrics import Metrics
+from gateway.plugins import destination_types
+
+__all__ = ["DestinationWorker", "RetryPolicy", "Router"]
+
+log = structlog.get_logger("eventgate.router")
+
+_IDLE_WAIT_S = 1.0
+_COMPACT_EVERY_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long to wait between attempts: exponential with full jitter, capped per attempt."""
+
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    max_retry_after_s: float = 300.0
+
+    def delays(self) -> Iterator[float]:
+        """An endless schedule of delays (from the ``backoff`` library's wait generator)."""
+        wait = backoff.expo(factor=self.base_delay_s, max_value=self.max_delay_s)
+        wait.send(None)
+        for delay in wait:
+            yield backoff.full_jitter(delay)
+
+    def delay_for(self, error: DeliveryError, scheduled: float) -> float:
+        """The delay before the next attempt: the schedule's, or the destination's hint."""
+        hint = getattr(error, "retry_after_s", None)
+        if hint is not None:
+            return float(min(max(hint, 0.0), self.max_retry_after_s))
+        return scheduled
+
+
+class DestinationWorker:
+    """Delivers one destination's events in log order, batch by batch."""
+
+    def __init__(
+        self,
+        *,
+        config: DestinationConfig,
+        destination: Destination[Any],
+        sources: frozenset[str] | None,
+        event_log: EventLog,
+        metrics: Metrics,
+        plugin_manager: pluggy.PluginManager,
+        retry_policy: RetryPolicy,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.destination = destination
+        self.sources = sources
+        self.log = event_log
+        self.metrics = metrics
+        self.retry_policy = retry_policy
+        self.cursor = 0
+        self._hook = plugin_manager.hook.delivery_finished
+        self._observed = bool(self._hook.get_hookimpls())
+        self._stopping = False
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None
+        self._delivered = metrics.delivered.labels(self.name)
+        self._latency = metrics.end_to_end_latency.labels(self.name)
+        self._depth = metrics.queue_depth.labels(self.name)
+
+    async def start(self) -> None:
+        """Open the destination and start delivering from the saved cursor."""
+        saved = await self.log.get_cursor(self.name)
+        if saved is None:
+            # A new destination starts at the end of the log; the cursor is saved before ingress
+            # opens, so a crash later cannot make it skip events that were acknowledged.
+            saved = self.log.last_seq()
+            await self.log.set_cursor(self.name, saved)
+        self.cursor = saved
+        await self.destination.open()
+        self._task = asyncio.create_task(self._run(), name=f"eventgate-worker-{self.name}")
+
+    async def stop(self, grace_s: float) -> None:
+        """Finish the batch in hand (within ``grace_s``), save the cursor, close the plugin."""
+        self._stopping = True
+        if self._task is not None:
+            if not self._busy:
+                self._task.cancel()
+            done, _ = await asyncio.wait([self._task], timeout=grace_s)
+            if not done:
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.destination.close()
+
+    async def _run(self) -> None:
+        batch_config = self.config.batch
+        try:
+            while not self._stopping:
+                result = await self.log.read(self.cursor, batch_config.max_events, self.sources)
+                self._depth.set(max(self.log.last_seq() - self.cursor, 0))
+                events = result.events
+                if not events:
+                    if result.scanned_to > self.cursor:
+                        self.cursor = result.scanned_to
+                        await self.log.set_cursor(self.name, self.cursor)
+                    else:
+                        await self.log.wait_beyond(self.cursor, _IDLE_WAIT_S)
+                    continue
+                if len(events) < batch_config.max_events and events[0].received_at is not None:
+                    wait_s = batch_config.max_age_s - (time.time() - events[0].received_at)
+                    if wait_s > 0:
+                        await self.log.wait_beyond(self.cursor + batch_config.max_events, wait_s)
+                        continue
+                self._busy = True
+                stopped_at = await self._deliver_batch(events)
+                self.cursor = result.scanned_to if stopped_at is None else stopped_at
+                await self.log.set_cursor(self.name, self.cursor)
+                self._busy = False
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("router.worker_crashed", destination=self.name)
+            raise
+
+    async def _deliver_batch(self, events: Sequence[Event]) -> int | None:
+        """Deliver ``events`` until each is delivered or dead-lettered.
+
+        Returns ``None`` when all are handled; when stopping with retries outstanding, the
+        sequence number just before the first unhandled event (the cursor to save).
+        """
+        pending = list(events)
+        first_attempt = time.time()
+        attempts = 0
+        delays = self.retry_policy.delays()
+        while True:
+            attempts += 1
+            outcomes = await deliver(self.destination, pending)
+            now = time.time()
+            retry: list[Event] = []
+            dead: list[DeadLetter] = []
+            last_error: DeliveryError | None = None
+            for event, outcome in zip(pending, outcomes, strict=True):
+                if outcome is None:
+                    self._delivered.inc()
+                    if event.received_at is not None:
+                        self._latency.observe(max(now - event.received_at, 0.0))
+                    self._observe(event, "delivered", None)
+                    continue
+                self._observe(event, "failed", outcome.reason)
+                if isinstance(outcome, RetryableDeliveryError):
+                    retry.append(event)
+                    last_error = outcome
+                else:
+                    dead.append(self._dead_letter(event, outcome, attempts, first_attempt, now))
+            if retry:
+                self.metrics.delivery_failures.labels(self.name, "true").inc(len(retry))
+            if dead:
+                await self.log.dead_letter(dead)
+                self.metrics.delivery_failures.labels(self.name, "false").inc(len(dead))
+                self.metrics.dead_lettered.labels(self.name).inc(len(dead))
+                for letter in dead:
+                    log.warning(
+                        "delivery.dead_lettered",
+                        destination=self.name,
+                        message_id=letter.event.message_id,
+                        reason=letter.reason,
+                    )
+            if not retry:
+                return None
+            assert last_error is not None
+            delay = self.retry_policy.delay_for(last_error, next(delays))
+            log.info(
+                "delivery.retry_scheduled",
+                destination=self.name,
+                events=len(retry),
+                attempt=attempts,
+                delay_s=round(delay, 3),
+                reason=last_error.reason,
+            )
+            if self._stopping:
+                return retry[0].seq - 1
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return retry[0].seq - 1
+            pending = retry
+
+    def _dead_letter(
+        self, event: Event, error: DeliveryError, attempts: int, first: float, last: float
+    ) -> DeadLetter:
+        return DeadLetter(
+            destination=self.name,
+            event=event,
+            reason=error.reason,
+            attempts=attempts,
+            first_attempt_at=first,
+            last_attempt_at=last,
+            request=error.request,
+            response=error.response,
+        )
+
+    def _observe(self, event: Event, outcome: str, reason: str | None) -> None:
+        if self._observed:
+            self._hook(
+                destination=self.name,
+                source=event.source,
+                message_id=event.message_id,
+                outcome=outcome,
+                reason=reason,
+            )
+
+
+class Router:
+    """Starts, runs and stops one :class:`DestinationWorker` per enabled destination."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        event_log: EventLog,
+        metrics: Metrics,
+        plugin_manager: pluggy.PluginManager,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self.config = config
+        self.log = event_log
+        self.metrics = metrics
+        self.plugin_manager = plugin_manager
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.workers: dict[str, DestinationWorker] = {}
+        self._compactor: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Build every enabled destination from its plugin and start its worker."""
+        types = destination_types(self.plugin_manager)
+        for dest in self.config.destinations:
+            if not dest.enabled:
+                continue
+            cls = types[dest.type].cls
+            settings = cls.settings_model.model_validate(dest.settings)
+            feeding = [s.name for s in self.config.sources if dest.name in (s.destinations or [])]
+            every = [s.name for s in self.config.sources if s.destinations is None]
+            sources = None if len(every) == len(self.config.sources) else frozenset(feeding + every)
+            worker = DestinationWorker(
+                config=dest,
+                destination=cls(dest.name, settings),
+                sources=sources,
+                event_log=self.log,
+                metrics=self.metrics,
+                plugin_manager=self.plugin_manager,
+                retry_policy=self.retry_policy,
+            )
+            await worker.start()
+            self.workers[dest.name] = worker
+        self._compactor = asyncio.create_task(self._compact_forever(), name="eventgate-compactor")
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop every worker, giving in-flight batches up to ``grace_s`` to finish."""
+        if self._compactor is not None:
+            self._compactor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._compactor
+        await asyncio.gather(*(w.stop(grace_s) for w in self.workers.values()))
+
+    async def _compact_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_COMPACT_EVERY_S)
+            try:
+                deleted = await self.log.compact(list(self.workers))
+            except Exception:  # compaction is retried on the next tick
+                log.exception("log.compaction_failed")
+                continue
+            if deleted:
+                log.debug("log.compacted", deleted=deleted)
