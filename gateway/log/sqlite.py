@@ -93,6 +93,8 @@ class SqliteEventLog:
         self._last_seq = 0
         self._new_data = asyncio.Event()
         self._used_bytes = 0
+        self.commits = 0
+        """How many transactions the writer has committed (each is one fsync)."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -246,6 +248,7 @@ class SqliteEventLog:
                     results.append((write, value, None))
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
+            self.commits += 1
         except sqlite3.Error as exc:
             log.error("log.commit_failed", error=str(exc))
             if conn.in_transaction:
