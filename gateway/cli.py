@@ -57,11 +57,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
     from gateway.app import SERVER_OPTIONS, create_app  # noqa: PLC0415 - keeps `check` light
 
-    configure_logging(args.log_level)
     pm = make_plugin_manager()
     config = _load(args.config, pm)
     if config is None:
         return 2
+    configure_logging(args.log_level)
     config = _with_overrides(config, args)
     app = create_app(config, plugin_manager=pm)
     server = config.server

@@ -251,32 +251,48 @@ def parse_config(
     data = interpolate_env(data, os.environ if env is None else env, "", problems)
     if problems:
         raise ConfigError([f"{file}: {p}" for p in problems])
+    config: GatewayConfig | None = None
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems_from(exc, model=GatewayConfig, prefix="", file=file)) from exc
-
+        problems.extend(_problems_from(exc, model=GatewayConfig, prefix="", file=file))
     if plugin_manager is not None:
-        from gateway.plugins import destination_types  # noqa: PLC0415 - avoids an import cycle
-
-        types = destination_types(plugin_manager)
-        for i, dest in enumerate(config.destinations):
-            dtype = types.get(dest.type)
-            if dtype is None:
-                problems.append(
-                    f"{file}: destinations[{i}].type: unknown destination type {dest.type!r}; "
-                    f"installed types: {', '.join(sorted(types)) or 'none'}"
-                )
-                continue
-            model = dtype.cls.settings_model
-            try:
-                model.model_validate(dest.settings)
-            except ValidationError as exc:
-                prefix = f"destinations[{i}].settings"
-                problems.extend(_problems_from(exc, model=model, prefix=prefix, file=file))
-        if problems:
-            raise ConfigError(problems)
+        problems.extend(_destination_problems(data.get("destinations"), plugin_manager, file))
+    if problems or config is None:
+        raise ConfigError(problems)
     return config
+
+
+def _destination_problems(
+    destinations: Any, plugin_manager: pluggy.PluginManager, file: str
+) -> list[str]:
+    """Check each destination's type and settings against the installed plugins.
+
+    Works on the raw mapping, so these problems are reported beside any others.
+    """
+    from gateway.plugins import destination_types  # noqa: PLC0415 - avoids an import cycle
+
+    if not isinstance(destinations, list):
+        return []
+    types = destination_types(plugin_manager)
+    problems: list[str] = []
+    for i, dest in enumerate(destinations):
+        if not isinstance(dest, dict) or not isinstance(dest.get("type"), str):
+            continue  # the model's validation reports it
+        dtype = types.get(dest["type"])
+        if dtype is None:
+            problems.append(
+                f"{file}: destinations[{i}].type: unknown destination type {dest['type']!r}; "
+                f"installed types: {', '.join(sorted(types)) or 'none'}"
+            )
+            continue
+        model = dtype.cls.settings_model
+        try:
+            model.model_validate(dest.get("settings") or {})
+        except ValidationError as exc:
+            prefix = f"destinations[{i}].settings"
+            problems.extend(_problems_from(exc, model=model, prefix=prefix, file=file))
+    return problems
 
 
 def load_config(

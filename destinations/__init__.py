@@ -1,0 +1,1 @@
+"""The destination types that ship with eventgate, each an ordinary plugin."""
