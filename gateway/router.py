@@ -82,7 +82,8 @@ class DestinationWorker:
         self._hook = plugin_manager.hook.delivery_finished
         self._observed = bool(self._hook.get_hookimpls())
         self._stopping = False
-        self._busy = False
+        self._stop_requested = asyncio.Event()
+        self._deadline = float("inf")
         self._task: asyncio.Task[None] | None = None
         self._delivered = metrics.delivered.labels(self.name)
         self._latency = metrics.end_to_end_latency.labels(self.name)
@@ -101,11 +102,11 @@ class DestinationWorker:
         self._task = asyncio.create_task(self._run(), name=f"eventgate-worker-{self.name}")
 
     async def stop(self, grace_s: float) -> None:
-        """Finish the batch in hand (within ``grace_s``), save the cursor, close the plugin."""
+        """Deliver what the log holds for up to ``grace_s``, save the cursor, close the plugin."""
         self._stopping = True
+        self._deadline = time.monotonic() + grace_s
+        self._stop_requested.set()
         if self._task is not None:
-            if not self._busy:
-                self._task.cancel()
             done, _ = await asyncio.wait([self._task], timeout=grace_s)
             if not done:
                 self._task.cancel()
@@ -113,10 +114,27 @@ class DestinationWorker:
                 await self._task
         await self.destination.close()
 
+    def _out_of_time(self) -> bool:
+        return self._stopping and time.monotonic() >= self._deadline
+
+    async def _idle(self, beyond: int, timeout_s: float) -> None:
+        """Wait for an event newer than ``beyond``, for ``timeout_s``, or for a stop request."""
+        if self._stopping:
+            return
+        waiters = [
+            asyncio.ensure_future(self.log.wait_beyond(beyond, timeout_s)),
+            asyncio.ensure_future(self._stop_requested.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
     async def _run(self) -> None:
         batch_config = self.config.batch
         try:
-            while not self._stopping:
+            while not self._out_of_time():
                 result = await self.log.read(self.cursor, batch_config.max_events, self.sources)
                 self._depth.set(max(self.log.last_seq() - self.cursor, 0))
                 events = result.events
@@ -124,19 +142,25 @@ class DestinationWorker:
                     if result.scanned_to > self.cursor:
                         self.cursor = result.scanned_to
                         await self.log.set_cursor(self.name, self.cursor)
+                    elif self._stopping:
+                        return  # drained
                     else:
-                        await self.log.wait_beyond(self.cursor, _IDLE_WAIT_S)
+                        await self._idle(self.cursor, _IDLE_WAIT_S)
                     continue
-                if len(events) < batch_config.max_events and events[0].received_at is not None:
+                if (
+                    not self._stopping
+                    and len(events) < batch_config.max_events
+                    and events[0].received_at is not None
+                ):
                     wait_s = batch_config.max_age_s - (time.time() - events[0].received_at)
                     if wait_s > 0:
-                        await self.log.wait_beyond(self.cursor + batch_config.max_events, wait_s)
+                        await self._idle(self.cursor + batch_config.max_events, wait_s)
                         continue
-                self._busy = True
                 stopped_at = await self._deliver_batch(events)
                 self.cursor = result.scanned_to if stopped_at is None else stopped_at
                 await self.log.set_cursor(self.name, self.cursor)
-                self._busy = False
+                if stopped_at is not None:
+                    return
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -198,9 +222,11 @@ class DestinationWorker:
                 delay_s=round(delay, 3),
                 reason=last_error.reason,
             )
-            if self._stopping:
-                return retry[0].seq - 1
-            await asyncio.sleep(delay)
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), delay)
+            else:
+                await asyncio.sleep(0)  # let the loop breathe between immediate retries
             if self._stopping:
                 return retry[0].seq - 1
             pending = retry

@@ -1,0 +1,63 @@
+"""Process lifecycle: graceful SIGTERM, and a third-party plugin loaded by its entry point."""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+from tests.conftest import WRITE_KEY, basic
+from tests.e2e.conftest import Gateway
+
+
+def post_batch(gateway: Gateway, ids: list[str]) -> int:
+    """POST one /v1/batch with the standard library; return the status."""
+    body = orjson.dumps(
+        {"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": m} for m in ids]}
+    )
+    request = urllib.request.Request(  # noqa: S310 - a loopback URL built by the test
+        f"{gateway.url}/v1/batch", data=body, headers=basic(WRITE_KEY), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        status: int = response.status
+        return status
+
+
+def test_sigterm_flushes_and_exits_cleanly(gateway: Gateway) -> None:
+    """SIGTERM finishes delivery of what was accepted and exits 0; a restart repeats nothing."""
+    ids = [f"term-{i}" for i in range(300)]
+    assert post_batch(gateway, ids) == 200
+    assert gateway.terminate() == 0
+    assert {m["messageId"] for m in gateway.file_messages()} >= set(ids)
+    gateway.start()
+    assert post_batch(gateway, ["after-restart"]) == 200
+    messages = gateway.wait_for_files({"after-restart"})
+    assert len(messages) == len(ids) + 1
+
+
+def test_example_plugin_delivers_through_its_entry_point(tmp_path: Path) -> None:
+    """The example package, found through the `eventgate` entry point, receives events."""
+    database = tmp_path / "example.db"
+    gateway = Gateway(
+        tmp_path,
+        destinations=[
+            {
+                "name": "example",
+                "type": "example_sqlite",
+                "batch": {"max_events": 100, "max_age_s": 0.05},
+                "settings": {"path": str(database)},
+            }
+        ],
+    )
+    gateway.start()
+    try:
+        assert post_batch(gateway, ["ex-1", "ex-2"]) == 200
+        assert gateway.terminate() == 0
+    finally:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.kill()
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute("SELECT message_id, source FROM events ORDER BY message_id").fetchall()
+    assert rows == [("ex-1", "web"), ("ex-2", "web")]
