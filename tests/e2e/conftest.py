@@ -92,11 +92,11 @@ class Gateway:
 
     def file_messages(self) -> list[dict[str, Any]]:
         """Every message the file destination wrote (each line must parse)."""
-        messages = []
-        for path in sorted(self.files.rglob("*.jsonl")):
-            for line in path.read_bytes().splitlines():
-                messages.append(json.loads(line))
-        return messages
+        return [
+            json.loads(line)
+            for path in sorted(self.files.rglob("*.jsonl"))
+            for line in path.read_bytes().splitlines()
+        ]
 
     def wait_for_files(self, message_ids: set[str], timeout_s: float = 30) -> list[dict[str, Any]]:
         """Wait until every id in ``message_ids`` is in the files; return all messages."""
