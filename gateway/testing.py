@@ -65,9 +65,21 @@ def make_event(seq: int, source: str = "web", **fields: Any) -> Event:
         },
     }
     message.update(fields)
+    received = message.get("receivedAt")
     return Event(
-        seq=seq, source=source, message_id=str(message["messageId"]), raw=orjson.dumps(message)
+        seq=seq,
+        source=source,
+        message_id=str(message["messageId"]),
+        raw=orjson.dumps(message),
+        received_at=_unix_seconds(received) if isinstance(received, str) else None,
     )
+
+
+def _unix_seconds(timestamp: str) -> float | None:
+    try:
+        return datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None
 
 
 class DestinationContract:
