@@ -321,3 +321,16 @@ async def test_client_ip_without_proxy_header(client: Client) -> None:
     await post(client, "/v1/track", track(), headers={**basic(), "X-Forwarded-For": "6.6.6.6"})
     [message] = await stored(client)
     assert message["context"]["ip"] == "127.0.0.1"
+
+
+async def test_storage_full_answers_503_with_retry_after(
+    make_config: Any, make_client: Any, tmp_path: Any
+) -> None:
+    """At the disk quota, ingress answers 503 with Retry-After and stores nothing."""
+    storage = {"data_dir": str(tmp_path / "data"), "disk_quota_mb": 0.001, "retry_after_s": 7}
+    client = await make_client(make_config(storage=storage))
+    async with client.post("/v1/track", data=orjson.dumps(track()), headers=basic()) as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "7"
+        assert (await response.json())["code"] == "storage_full"
+    assert await stored(client) == []

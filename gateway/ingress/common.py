@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -76,8 +77,19 @@ class IngressState:
             integrations=integrations,
         )
 
-    async def store(self, source: str, events: list[NormalizedEvent]) -> None:
-        """Append ``events`` durably; storage trouble becomes a 503 with ``Retry-After``."""
+    async def store(
+        self,
+        source: str,
+        events: list[NormalizedEvent],
+        rejected: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Append ``events`` durably; storage trouble becomes a 503 with ``Retry-After``.
+
+        ``rejected`` (the batch's refused events) is logged as one line per request.
+        """
+        if rejected:
+            codes = Counter(r["code"] for r in rejected)
+            log.info("ingress.events_rejected", source=source, count=len(rejected), codes=codes)
         if not events:
             return
         try:
@@ -101,7 +113,6 @@ class IngressState:
     def count_rejected(self, source: str, code: str) -> None:
         """Count one event refused at ingress."""
         self.metrics.events_rejected.labels(source, code).inc()
-        log.info("ingress.event_rejected", source=source, code=code)
 
     def rejection(
         self, source: str, index: int, item: Any, exc: EventRejectedError

@@ -132,7 +132,7 @@ class SegmentApi:
                 accepted.append(normalize(item, context))
             except EventRejectedError as exc:
                 rejected.append(state.rejection(source, index, item, exc))
-        await state.store(source, accepted)
+        await state.store(source, accepted, rejected)
         return state.success(rejected=rejected)
 
     async def pixel(self, request: web.Request) -> web.Response:

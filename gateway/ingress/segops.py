@@ -107,7 +107,7 @@ class SegOpsApi:
                 accepted.append(_normalize(item, context))
             except EventRejectedError as exc:
                 rejected.append(state.rejection(source, index, item, exc))
-        await state.store(source, accepted)
+        await state.store(source, accepted, rejected)
         return state.success(202, rejected=rejected, accepted=len(accepted))
 
     def _authenticate(self, request: web.Request) -> str:
