@@ -330,16 +330,36 @@ class Server:
         """Whether the process is still running."""
         return self.proc is not None and self.proc.poll() is None
 
-    def cpu_s(self) -> float:
-        """User plus system CPU seconds the process (all its threads) has used so far."""
+    def pids(self) -> set[int]:
+        """The process and its descendants (the gateway runs ingress processes as children)."""
         if self.proc is None:
-            return 0.0
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text(encoding="ascii")
-        except OSError:
-            return 0.0
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return set()
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            parents[int(stat.parent.name)] = int(text.rsplit(")", 1)[1].split()[1])
+        found = {self.proc.pid}
+        grew = True
+        while grew:
+            new = {pid for pid, parent in parents.items() if parent in found} - found
+            found |= new
+            grew = bool(new)
+        return found
+
+    def cpu_s(self) -> float:
+        """User plus system CPU seconds the process tree (all threads) has used so far."""
+        total = 0.0
+        for pid in self.pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stop(self) -> int | None:
         """SIGTERM (a graceful shutdown), SIGKILL if it takes too long; return the exit code."""
@@ -721,7 +741,7 @@ def run_scenario(
         result["machine_busy_cores"] = round(busy / (t_stop - t_start), 2)
         result["other_cores"] = round(max(other, 0.0) / (t_stop - t_start), 2)
         if result["other_cores"] > OTHER_CORES_LIMIT:
-            exclude = {os.getpid(), *(s.proc.pid for s in servers if s.proc is not None)}
+            exclude = {os.getpid(), *(pid for s in servers for pid in s.pids())}
             result["other_processes"] = busy_processes(
                 procs_before, process_ticks(), t_stop - t_start, exclude
             )

@@ -52,13 +52,17 @@ def create_app(
     *,
     plugin_manager: pluggy.PluginManager | None = None,
     retry_policy: RetryPolicy | None = None,
+    with_router: bool = True,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """Build the gateway's application for ``config``; serve it with ``**SERVER_OPTIONS``.
 
-    The caller validates ``config`` first (``load_config`` with the same plugin manager).
+    The caller validates ``config`` first (``load_config`` with the same plugin manager). With
+    ``with_router=False`` the app only ingests: ``eventgate serve`` runs the router in its own
+    process (see :mod:`gateway.supervisor`).
     """
     limits = config.server.limits
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     pm = plugin_manager or make_plugin_manager()
     event_log = SqliteEventLog(
         config.storage.data_dir, disk_quota_bytes=int(config.storage.disk_quota_mb * 1024 * 1024)
@@ -71,7 +75,8 @@ def create_app(
     app[METRICS_KEY] = metrics
     app[PLUGINS_KEY] = pm
     app[LOG_KEY] = event_log
-    app[ROUTER_KEY] = Router(config, event_log, metrics, pm, retry_policy)
+    if with_router:
+        app[ROUTER_KEY] = Router(config, event_log, metrics, pm, retry_policy)
 
     state = IngressState(config, event_log, metrics)
     add_segment_routes(app, state)
@@ -79,7 +84,8 @@ def create_app(
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
     app.cleanup_ctx.append(_event_log)
-    app.cleanup_ctx.append(_router)
+    if with_router:
+        app.cleanup_ctx.append(_router)
     return app
 
 

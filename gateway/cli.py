@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import os
 import sys
 from pathlib import Path
@@ -13,7 +14,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pluggy
-from aiohttp import web
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
@@ -48,6 +48,8 @@ def _with_overrides(config: GatewayConfig, args: argparse.Namespace) -> GatewayC
     update: dict[str, Any] = {}
     if server:
         update["server"] = config.server.model_copy(update=server)
+    if args.ingress_processes is not None:
+        server["ingress_processes"] = args.ingress_processes
     if args.data_dir is not None:
         update["storage"] = config.storage.model_copy(update={"data_dir": Path(args.data_dir)})
     return config.model_copy(update=update) if update else config
@@ -55,7 +57,7 @@ def _with_overrides(config: GatewayConfig, args: argparse.Namespace) -> GatewayC
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
-    from gateway.app import SERVER_OPTIONS, create_app  # noqa: PLC0415 - keeps `check` light
+    from gateway import supervisor  # noqa: PLC0415 - keeps `eventgate check` light
 
     pm = make_plugin_manager()
     config = _load(args.config, pm)
@@ -63,23 +65,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(args.log_level)
     config = _with_overrides(config, args)
-    app = create_app(config, plugin_manager=pm)
+    _tune_gc()
+    if args.ingress_fd is not None:
+        return supervisor.become_ingress_process(config, pm, args.ingress_fd, args.parent_pid)
+    child_argv = [sys.executable, "-m", "gateway", "serve", "--config", args.config]
+    child_argv += ["--log-level", args.log_level]
+    for flag, value in (
+        ("--host", args.host),
+        ("--port", args.port),
+        ("--data-dir", args.data_dir),
+    ):
+        if value is not None:
+            child_argv += [flag, str(value)]
     server = config.server
-    web.run_app(
-        app,
-        host=server.host,
-        port=server.port,
-        shutdown_timeout=server.shutdown_grace_s,
-        access_log=None,
-        **SERVER_OPTIONS,  # type: ignore[arg-type]
-        print=lambda _: print(
-            f"eventgate listening on http://{server.host}:{server.port} "
-            f"(config {args.config}, data {config.storage.data_dir})",
-            file=sys.stderr,
-            flush=True,
-        ),
+    announce = (
+        f"eventgate listening on http://{server.host}:{server.port} "
+        f"(config {args.config}, data {config.storage.data_dir}, "
+        f"{supervisor.ingress_process_count(config)} ingress process(es))"
     )
-    return 0
+    return supervisor.serve(config, pm, child_argv, announce)
+
+
+def _tune_gc() -> None:
+    """Make the garbage collector fit a server that parses thousands of JSON objects a second.
+
+    Everything loaded so far (modules, config) is frozen out of collection, and the youngest
+    generation is collected every 50,000 allocations instead of 700: a 500-event batch allocates
+    about 10,000 objects, nearly all freed by reference counting, so frequent young collections
+    only re-scan the batches still in flight. Measured in bench/: about 15% of batch-ingest CPU.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -172,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--data-dir", help="override storage.data_dir")
+    serve.add_argument(
+        "--ingress-processes", type=int, help="override server.ingress_processes (0: one process)"
+    )
+    # Internal: how the router process starts an ingress process on its socket.
+    serve.add_argument("--ingress-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default=os.environ.get("EVENTGATE_LOG_LEVEL", "info"))
     serve.set_defaults(func=cmd_serve)
 

@@ -51,6 +51,15 @@ class ServerConfig(_Model):
     """A header such as ``X-Forwarded-For`` whose first address is the client's ``context.ip``.
     Set it only behind a proxy that overwrites it."""
     shutdown_grace_s: float = Field(10.0, ge=0)
+    ingress_processes: int | Literal["auto"] = Field("auto")
+    """Ingress processes ``eventgate serve`` runs beside the router process; ``auto`` is one per
+    CPU, 0 runs ingress and router in a single process."""
+
+    @model_validator(mode="after")
+    def _processes_in_range(self) -> ServerConfig:
+        if isinstance(self.ingress_processes, int) and not 0 <= self.ingress_processes <= 64:
+            raise ValueError("ingress_processes must be auto or a number from 0 to 64")
+        return self
 
 
 class StorageConfig(_Model):

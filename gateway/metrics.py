@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from pathlib import Path
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["Metrics", "enable_multiprocess_metrics"]
+
+
+def enable_multiprocess_metrics(directory: Path) -> None:
+    """Keep this process's metric values in ``directory`` so one scrape sums every process.
+
+    Call it in each process of ``eventgate serve`` before any :class:`Metrics` is created.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 
 class Metrics:
-    """Every metric eventgate exports; ``registry`` is what ``/metrics`` renders."""
+    """Every metric eventgate exports; ``registry`` is what ``/metrics`` renders.
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+    With ``multiprocess_dir`` (see :func:`enable_multiprocess_metrics`), ``registry`` renders the
+    sum over every process writing to that directory.
+    """
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        r = CollectorRegistry(auto_describe=True)
+        if multiprocess_dir is None:
+            self.registry = r
+        else:
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
         self.events_received = Counter(
             "eventgate_events_received",
             "Events accepted and stored, by source",
@@ -56,6 +79,7 @@ class Metrics:
             "Events in the log not yet handled by the destination",
             ["destination"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.end_to_end_latency = Histogram(
             "eventgate_end_to_end_latency_seconds",
@@ -65,5 +89,8 @@ class Metrics:
             registry=r,
         )
         self.log_bytes = Gauge(
-            "eventgate_log_bytes", "Bytes the durable log occupies on disk", registry=r
+            "eventgate_log_bytes",
+            "Bytes the durable log occupies on disk",
+            registry=r,
+            multiprocess_mode="livemax",
         )

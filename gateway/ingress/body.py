@@ -34,8 +34,10 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding in ("", "identity"):
         length = request.content_length
-        if length is not None and length > max_bytes:
-            raise _too_large(max_bytes)
+        if length is not None:
+            if length > max_bytes:
+                raise _too_large(max_bytes)
+            return await request.read()  # aiohttp stops at Content-Length
         return await _read_plain(request, max_bytes)
     if encoding in ("gzip", "x-gzip"):
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)

@@ -52,6 +52,7 @@ class IngressState:
         )
         self.log = event_log
         self.metrics = metrics
+        self._received: dict[str, Any] = {}
 
     def request_context(
         self,
@@ -108,7 +109,10 @@ class IngressState:
                 "the gateway cannot store events right now; retry later",
                 retry_after_s=self.retry_after_s,
             ) from None
-        self.metrics.events_received.labels(source).inc(len(events))
+        counter = self._received.get(source)
+        if counter is None:
+            counter = self._received[source] = self.metrics.events_received.labels(source)
+        counter.inc(len(events))
 
     def count_rejected(self, source: str, code: str) -> None:
         """Count one event refused at ingress."""

@@ -5,6 +5,11 @@ The thread takes everything queued since its last commit, runs it in one transac
 with ``synchronous=FULL``, so the WAL is fsync'd before any of those callers is answered. While it
 commits, new writes queue up for the next commit: concurrent requests share one fsync.
 Reads use a second connection on a reader thread; WAL lets them run beside the writer.
+
+Several processes may open the same file (``eventgate serve`` runs one per ingress process and
+one for the router): SQLite serializes their commits with its write lock, and sequence numbers
+come from ``AUTOINCREMENT`` inside that lock, so they are unique and in commit order. A process
+learns of other processes' commits by polling (``wait_beyond``).
 """
 
 from __future__ import annotations
@@ -65,15 +70,34 @@ CREATE INDEX IF NOT EXISTS dead_letters_by_destination ON dead_letters (destinat
 _INSERT_EVENT = "INSERT INTO events (source, message_id, received_at, body) VALUES (?, ?, ?, ?)"
 
 _Op = Callable[[sqlite3.Connection], Any]
+_Row = tuple[str, str, float, bytes]
+
+# Per-row bytes SQLite spends beyond the body (seq, source, message_id, received_at, b-tree).
+_ROW_OVERHEAD = 80
+# How often the writer replaces its running estimate of the log's size by a real measurement.
+_MEASURE_EVERY_S = 1.0
+# How often a reader waiting for new events looks for commits made by other processes.
+_POLL_S = 0.01
+# Compaction deletes at most this many events per transaction, so it never holds the write lock
+# long enough to delay ingress.
+_COMPACT_CHUNK = 5_000
+_COMPACT_PAUSE_S = 0.005
+# How long a write waits for another process to release SQLite's write lock before failing.
+_LOCK_TIMEOUT_S = 5.0
+_BUSY_TIMEOUT_MS = 5000
 
 
 class _Write:
-    __slots__ = ("future", "op", "quota_checked")
+    """One caller's write: rows to append, or another operation; answered through ``future``."""
 
-    def __init__(self, op: _Op, future: asyncio.Future[Any], *, quota_checked: bool) -> None:
-        self.op = op
+    __slots__ = ("future", "op", "rows")
+
+    def __init__(
+        self, future: asyncio.Future[Any], *, rows: list[_Row] | None = None, op: _Op | None = None
+    ) -> None:
         self.future = future
-        self.quota_checked = quota_checked
+        self.rows = rows
+        self.op = op
 
 
 class SqliteEventLog:
@@ -93,6 +117,7 @@ class SqliteEventLog:
         self._last_seq = 0
         self._new_data = asyncio.Event()
         self._used_bytes = 0
+        self._measured_at = 0.0
         self.commits = 0
         """How many transactions the writer has committed (each is one fsync)."""
 
@@ -104,6 +129,7 @@ class SqliteEventLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path)
         conn.executescript(_SCHEMA)
+        conn.execute("PRAGMA busy_timeout=0")  # the writer waits in _begin_immediate instead
         row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         self._last_seq = max(row[0], seq_row[0] if seq_row else 0)
@@ -133,12 +159,7 @@ class SqliteEventLog:
         if not events:
             return
         rows = [(e.source, e.message_id, e.received_at, e.body) for e in events]
-
-        def insert(conn: sqlite3.Connection) -> int:
-            conn.executemany(_INSERT_EVENT, rows)
-            return int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-
-        await self._submit(insert, quota_checked=True)
+        await self._submit(rows=rows)
 
     async def set_cursor(self, destination: str, seq: int) -> None:
         """Durably save how far ``destination`` has got."""
@@ -150,7 +171,7 @@ class SqliteEventLog:
                 (destination, seq),
             )
 
-        await self._submit(save, quota_checked=False)
+        await self._submit(op=save)
 
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         """Durably keep events a destination gave up on."""
@@ -179,35 +200,45 @@ class SqliteEventLog:
                 rows,
             )
 
-        await self._submit(insert, quota_checked=False)
+        await self._submit(op=insert)
 
     async def compact(self, active_destinations: Collection[str]) -> int:
-        """Delete the events every active destination's cursor has passed."""
-        names = list(active_destinations)
+        """Delete the events every active destination's cursor has passed.
 
-        def delete(conn: sqlite3.Connection) -> int:
-            if not names:
-                bound = self._last_seq
-            else:
-                marks = ",".join("?" * len(names))
-                row = conn.execute(
+        Deletes in chunks of at most ``_COMPACT_CHUNK`` events per transaction, so other writers
+        (ingress in other processes) wait for the lock only briefly.
+        """
+        names = list(active_destinations)
+        marks = ",".join("?" * len(names))
+
+        def delete_chunk(conn: sqlite3.Connection) -> int:
+            first = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            if first is None:
+                return 0
+            if names:
+                count, bound = conn.execute(
                     f"SELECT COUNT(*), MIN(seq) FROM cursors WHERE destination IN ({marks})",  # noqa: S608 - placeholders only
                     names,
                 ).fetchone()
-                if row[0] < len(names):
+                if count < len(names):
                     return 0  # a destination without a cursor has not started reading yet
-                bound = row[1]
-            return conn.execute("DELETE FROM events WHERE seq <= ?", (bound,)).rowcount
+            else:
+                bound = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+            bound = min(bound, first + _COMPACT_CHUNK - 1)
+            return int(conn.execute("DELETE FROM events WHERE seq <= ?", (bound,)).rowcount)
 
-        deleted: int = await self._submit(delete, quota_checked=False)
-        return deleted
+        total = 0
+        while deleted := await self._submit(op=delete_chunk):
+            total += deleted
+            await asyncio.sleep(_COMPACT_PAUSE_S)  # let ingress processes take the write lock
+        return total
 
-    async def _submit(self, op: _Op, *, quota_checked: bool) -> Any:
+    async def _submit(self, *, rows: list[_Row] | None = None, op: _Op | None = None) -> Any:
         if self._closing:
             raise StorageUnavailableError("the log is shutting down")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         with self._queue_lock:
-            self._queue.append(_Write(op, future, quota_checked=quota_checked))
+            self._queue.append(_Write(future, rows=rows, op=op))
         self._wake.set()
         return await future
 
@@ -226,42 +257,51 @@ class SqliteEventLog:
             conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
-        """Run ``batch`` in one transaction; answer each caller once the commit is durable."""
-        results: list[tuple[_Write, Any, BaseException | None]] = []
-        over_quota = self._used_bytes >= self.disk_quota_bytes
-        new_seq = None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        """Run ``batch`` in one transaction; answer each caller once the commit is durable.
+
+        All appends of the batch become one ``executemany``, so a commit costs a handful of
+        statements however many callers share it. A storage error fails every caller of the
+        batch: nothing of it was committed.
+        """
+        full = self._used_bytes >= self.disk_quota_bytes
+        rows: list[_Row] = []
+        if not full:
             for write in batch:
-                if write.quota_checked and over_quota:
+                if write.rows is not None:
+                    rows.extend(write.rows)
+        results: list[tuple[_Write, Any, BaseException | None]] = []
+        seq = 0
+        try:
+            _begin_immediate(conn)
+            if rows:
+                conn.executemany(_INSERT_EVENT, rows)
+                seq = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            for write in batch:
+                if write.op is not None:
+                    results.append((write, write.op(conn), None))
+                elif full:
                     results.append((write, None, StorageFullError("the disk quota is reached")))
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = write.op(conn)
-                except Exception as exc:  # noqa: BLE001 - one failed write must not sink the rest
-                    conn.execute("ROLLBACK TO op")
-                    results.append((write, None, _storage_error(exc)))
                 else:
-                    if write.quota_checked:
-                        new_seq = value
-                    results.append((write, value, None))
-                conn.execute("RELEASE op")
+                    results.append((write, None, None))
             conn.execute("COMMIT")
             self.commits += 1
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - every caller must be answered
             log.error("log.commit_failed", error=str(exc))
             if conn.in_transaction:
                 conn.rollback()
             error = _storage_error(exc)
             results = [(w, None, error) for w in batch]
-            new_seq = None
-        if new_seq is not None:
-            self._last_seq = new_seq
-        self._used_bytes = self._measure(conn)
+            rows = []
+        if rows:
+            self._last_seq = max(self._last_seq, seq)
+            self._used_bytes += sum(len(r[3]) + _ROW_OVERHEAD for r in rows)
+        now = time.monotonic()
+        if now - self._measured_at >= _MEASURE_EVERY_S or full:
+            self._used_bytes = self._measure(conn)
+            self._measured_at = now
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting any more
-            self._loop.call_soon_threadsafe(self._finish, results, new_seq is not None)
+            self._loop.call_soon_threadsafe(self._finish, results, bool(rows))
 
     def _finish(self, results: list[tuple[_Write, Any, BaseException | None]], grew: bool) -> None:
         for write, value, error in results:
@@ -296,16 +336,33 @@ class SqliteEventLog:
         return self._used_bytes
 
     async def wait_beyond(self, seq: int, timeout_s: float) -> None:
-        """Return once an event newer than ``seq`` is durable, or after ``timeout_s``."""
+        """Return once an event newer than ``seq`` is durable, or after ``timeout_s``.
+
+        Commits of this process wake the caller at once; those of other processes are noticed
+        within ``_POLL_S``.
+        """
         deadline = time.monotonic() + timeout_s
         while self._last_seq <= seq:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             try:
-                await asyncio.wait_for(self._new_data.wait(), remaining)
+                await asyncio.wait_for(self._new_data.wait(), min(remaining, _POLL_S))
             except TimeoutError:
-                return
+                await self.refresh()
+
+    async def refresh(self) -> int:
+        """Learn the newest sequence number, including other processes' commits; return it."""
+
+        def query() -> int:
+            assert self._reader_conn is not None
+            row = self._reader_conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        self._last_seq = max(self._last_seq, await self._on_reader(query))
+        return self._last_seq
 
     async def read(self, after: int, limit: int, sources: Collection[str] | None) -> ReadResult:
         """Up to ``limit`` events after ``after``, from ``sources`` (``None``: every source)."""
@@ -358,11 +415,30 @@ class SqliteEventLog:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
 
 
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """Take SQLite's write lock, retrying every 100 µs while another process holds it.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10 ms... between tries; another process's commit
+    holds the lock for well under a millisecond, so those sleeps would be most of the latency
+    when several ingress processes share the log. The writer's connection therefore has no busy
+    timeout (in WAL mode nothing but ``BEGIN IMMEDIATE`` waits for a lock).
+    """
+    deadline = time.monotonic() + _LOCK_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.0001)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     return conn
 
 

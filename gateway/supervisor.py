@@ -1,0 +1,219 @@
+"""``eventgate serve``: a router process that supervises ingress processes sharing one socket.
+
+Python runs one core per process, so the gateway is several processes over the same SQLite log:
+
+- the **router** (this process): opens the log, initializes destination cursors, binds the
+  listening socket, starts the ingress processes, delivers to destinations, compacts the log,
+  restarts an ingress process that dies, and on SIGTERM/SIGINT shuts everything down in order;
+- **ingress** processes (``server.ingress_processes``, default one per CPU): each accepts
+  connections on the inherited socket and group-commits what it accepts to the shared log.
+
+Each ingress process dies with the router (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the router
+leaves nothing behind. Metrics from every process are summed through prometheus-client's
+multiprocess mode. ``ingress_processes: 0`` runs everything in this one process instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pluggy
+import structlog
+from aiohttp import web
+from prometheus_client import multiprocess
+
+from gateway.app import SERVER_OPTIONS, create_app
+from gateway.config import GatewayConfig
+from gateway.log.sqlite import SqliteEventLog
+from gateway.metrics import Metrics, enable_multiprocess_metrics
+from gateway.router import Router
+
+__all__ = ["become_ingress_process", "ingress_process_count", "serve"]
+
+log = structlog.get_logger("eventgate.supervisor")
+
+_BIND_RETRY_S = 5.0
+_RESPAWN_DELAY_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def ingress_process_count(config: GatewayConfig) -> int:
+    """How many ingress processes ``server.ingress_processes`` asks for (0 = one process)."""
+    wanted = config.server.ingress_processes
+    return max(1, os.cpu_count() or 1) if wanted == "auto" else wanted
+
+
+def serve(
+    config: GatewayConfig,
+    plugin_manager: pluggy.PluginManager,
+    child_argv: Sequence[str],
+    announce: str,
+) -> int:
+    """Run the gateway until SIGTERM or SIGINT; return the exit code.
+
+    ``child_argv`` is the ``eventgate serve ...`` command line an ingress process is started
+    with (config path and overrides); ``announce`` is printed once the socket listens.
+    """
+    count = ingress_process_count(config)
+    if count == 0:
+        app = create_app(config, plugin_manager=plugin_manager)
+        web.run_app(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            shutdown_timeout=config.server.shutdown_grace_s,
+            access_log=None,
+            print=lambda _: print(announce, file=sys.stderr, flush=True),
+            **SERVER_OPTIONS,  # type: ignore[arg-type]
+        )
+        return 0
+    metrics_dir = config.storage.data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    enable_multiprocess_metrics(metrics_dir)
+    sock = _listen(config.server.host, config.server.port)
+    try:
+        command = [
+            *child_argv,
+            *("--ingress-fd", str(sock.fileno()), "--parent-pid", str(os.getpid())),
+        ]
+        ingress = _IngressProcesses(command, sock, count, metrics_dir)
+        return asyncio.run(_supervise(config, plugin_manager, ingress, announce))
+    finally:
+        sock.close()
+
+
+def become_ingress_process(
+    config: GatewayConfig,
+    plugin_manager: pluggy.PluginManager,
+    listen_fd: int,
+    parent_pid: int,
+) -> int:
+    """Serve ingress on the inherited socket ``listen_fd`` until SIGTERM; no router here."""
+    _die_with_parent(parent_pid)
+    structlog.contextvars.bind_contextvars(process="ingress", pid=os.getpid())
+    metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    enable_multiprocess_metrics(metrics_dir)
+    app = create_app(
+        config, plugin_manager=plugin_manager, with_router=False, metrics=Metrics(metrics_dir)
+    )
+    sock = socket.socket(fileno=listen_fd)
+    web.run_app(
+        app,
+        sock=sock,
+        shutdown_timeout=config.server.shutdown_grace_s,
+        access_log=None,
+        print=None,
+        **SERVER_OPTIONS,  # type: ignore[arg-type]
+    )
+    return 0
+
+
+class _IngressProcesses:
+    """The ingress processes: started on the shared socket, restarted when one dies."""
+
+    def __init__(
+        self, command: Sequence[str], sock: socket.socket, count: int, metrics_dir: Path
+    ) -> None:
+        self.command = list(command)
+        self.sock = sock
+        self.count = count
+        self.metrics_dir = metrics_dir
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        self.children = [self._spawn() for _ in range(self.count)]
+
+    def restart_dead(self) -> None:
+        for i, child in enumerate(self.children):
+            code = child.poll()
+            if code is not None:
+                log.error("supervisor.ingress_died", pid=child.pid, exit_code=code)
+                multiprocess.mark_process_dead(child.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+                self.children[i] = self._spawn()
+
+    def stop(self, grace_s: float) -> None:
+        """SIGTERM every ingress process; they finish in-flight requests and commit, then exit."""
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s + 5
+        for child in self.children:
+            try:
+                child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.error("supervisor.ingress_killed", pid=child.pid)
+                child.kill()
+                child.wait()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        # The command is our own interpreter and arguments, never user input.
+        return subprocess.Popen(self.command, pass_fds=(self.sock.fileno(),))  # noqa: S603
+
+
+async def _supervise(
+    config: GatewayConfig,
+    plugin_manager: pluggy.PluginManager,
+    ingress: _IngressProcesses,
+    announce: str,
+) -> int:
+    structlog.contextvars.bind_contextvars(process="router", pid=os.getpid())
+    event_log = SqliteEventLog(
+        config.storage.data_dir,
+        disk_quota_bytes=int(config.storage.disk_quota_mb * 1024 * 1024),
+    )
+    await event_log.open()
+    router = Router(config, event_log, Metrics(ingress.metrics_dir), plugin_manager)
+    # Cursors of new destinations are saved here, before any ingress process accepts an event.
+    await router.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    ingress.start()
+    print(announce, file=sys.stderr, flush=True)
+    log.info("supervisor.started", ingress_processes=ingress.count)
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _RESPAWN_DELAY_S)
+            if not stop.is_set():
+                ingress.restart_dead()
+    finally:
+        grace_s = config.server.shutdown_grace_s
+        await asyncio.to_thread(ingress.stop, grace_s)
+        await router.stop(grace_s)
+        await event_log.close()
+    log.info("supervisor.stopped")
+    return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the shared listening socket, retrying briefly while a dying old process holds it."""
+    deadline = time.monotonic() + _BIND_RETRY_S
+    while True:
+        try:
+            return socket.create_server((host, port), backlog=1024)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when the router dies; exit if it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
