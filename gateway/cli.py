@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pluggy
 
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig, ServerConfig, load_config
 from gateway.errors import ConfigError
 from gateway.logging import configure_logging
 from gateway.plugins import destination_types, make_plugin_manager
@@ -45,11 +45,11 @@ def _with_overrides(config: GatewayConfig, args: argparse.Namespace) -> GatewayC
         server["host"] = args.host
     if args.port is not None:
         server["port"] = args.port
-    update: dict[str, Any] = {}
-    if server:
-        update["server"] = config.server.model_copy(update=server)
     if args.ingress_processes is not None:
         server["ingress_processes"] = args.ingress_processes
+    update: dict[str, Any] = {}
+    if server:  # validated like the file's values
+        update["server"] = ServerConfig.model_validate({**config.server.model_dump(), **server})
     if args.data_dir is not None:
         update["storage"] = config.storage.model_copy(update={"data_dir": Path(args.data_dir)})
     return config.model_copy(update=update) if update else config
@@ -66,8 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     config = _with_overrides(config, args)
     _tune_gc()
-    if args.ingress_fd is not None:
-        return supervisor.become_ingress_process(config, pm, args.ingress_fd, args.parent_pid)
+    if args.ingress_port is not None:
+        return supervisor.become_ingress_process(config, pm, args.ingress_port, args.parent_pid)
     child_argv = [sys.executable, "-m", "gateway", "serve", "--config", args.config]
     child_argv += ["--log-level", args.log_level]
     for flag, value in (
@@ -192,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ingress-processes", type=int, help="override server.ingress_processes (0: one process)"
     )
-    # Internal: how the router process starts an ingress process on its socket.
-    serve.add_argument("--ingress-fd", type=int, help=argparse.SUPPRESS)
+    # Internal: how the router process starts an ingress process on its port.
+    serve.add_argument("--ingress-port", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default=os.environ.get("EVENTGATE_LOG_LEVEL", "info"))
     serve.set_defaults(func=cmd_serve)

@@ -5,8 +5,10 @@ Python runs one core per process, so the gateway is several processes over the s
 - the **router** (this process): opens the log, initializes destination cursors, binds the
   listening socket, starts the ingress processes, delivers to destinations, compacts the log,
   restarts an ingress process that dies, and on SIGTERM/SIGINT shuts everything down in order;
-- **ingress** processes (``server.ingress_processes``, default one per CPU): each accepts
-  connections on the inherited socket and group-commits what it accepts to the shared log.
+- **ingress** processes (``server.ingress_processes``, default one per CPU): each listens on
+  the port with ``SO_REUSEPORT`` (the kernel spreads connections evenly over them) and
+  group-commits what it accepts to the shared log. The router holds the port bound, without
+  listening, so a second gateway cannot take it.
 
 Each ingress process dies with the router (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the router
 leaves nothing behind. Metrics from every process are summed through prometheus-client's
@@ -82,13 +84,11 @@ def serve(
     metrics_dir = config.storage.data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     enable_multiprocess_metrics(metrics_dir)
-    sock = _listen(config.server.host, config.server.port)
+    sock = _reserve(config.server.host, config.server.port)
     try:
-        command = [
-            *child_argv,
-            *("--ingress-fd", str(sock.fileno()), "--parent-pid", str(os.getpid())),
-        ]
-        ingress = _IngressProcesses(command, sock, count, metrics_dir)
+        port = str(sock.getsockname()[1])
+        command = [*child_argv, "--ingress-port", port, "--parent-pid", str(os.getpid())]
+        ingress = _IngressProcesses(command, count, metrics_dir)
         return asyncio.run(_supervise(config, plugin_manager, ingress, announce))
     finally:
         sock.close()
@@ -97,10 +97,10 @@ def serve(
 def become_ingress_process(
     config: GatewayConfig,
     plugin_manager: pluggy.PluginManager,
-    listen_fd: int,
+    port: int,
     parent_pid: int,
 ) -> int:
-    """Serve ingress on the inherited socket ``listen_fd`` until SIGTERM; no router here."""
+    """Serve ingress on ``port`` (beside the other ingress processes) until SIGTERM."""
     _die_with_parent(parent_pid)
     structlog.contextvars.bind_contextvars(process="ingress", pid=os.getpid())
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
@@ -108,7 +108,7 @@ def become_ingress_process(
     app = create_app(
         config, plugin_manager=plugin_manager, with_router=False, metrics=Metrics(metrics_dir)
     )
-    sock = socket.socket(fileno=listen_fd)
+    sock = socket.create_server((config.server.host, port), backlog=1024, reuse_port=True)
     web.run_app(
         app,
         sock=sock,
@@ -121,13 +121,10 @@ def become_ingress_process(
 
 
 class _IngressProcesses:
-    """The ingress processes: started on the shared socket, restarted when one dies."""
+    """The ingress processes: started on the shared port, restarted when one dies."""
 
-    def __init__(
-        self, command: Sequence[str], sock: socket.socket, count: int, metrics_dir: Path
-    ) -> None:
+    def __init__(self, command: Sequence[str], count: int, metrics_dir: Path) -> None:
         self.command = list(command)
-        self.sock = sock
         self.count = count
         self.metrics_dir = metrics_dir
         self.children: list[subprocess.Popen[bytes]] = []
@@ -159,7 +156,7 @@ class _IngressProcesses:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         # The command is our own interpreter and arguments, never user input.
-        return subprocess.Popen(self.command, pass_fds=(self.sock.fileno(),))  # noqa: S603
+        return subprocess.Popen(self.command)  # noqa: S603
 
 
 async def _supervise(
@@ -199,16 +196,27 @@ async def _supervise(
     return 0
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind the shared listening socket, retrying briefly while a dying old process holds it."""
+def _reserve(host: str, port: int) -> socket.socket:
+    """Bind (without listening) the port the ingress processes will share with SO_REUSEPORT.
+
+    A bound socket that does not listen receives no connections, but keeps the port ours; it
+    also turns port 0 into a concrete port. Retries briefly while a dying old process holds it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     deadline = time.monotonic() + _BIND_RETRY_S
     while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            return socket.create_server((host, port), backlog=1024)
+            sock.bind((host, port))
         except OSError as exc:
+            sock.close()
             if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+        else:
+            return sock
 
 
 def _die_with_parent(parent_pid: int) -> None:
