@@ -54,18 +54,21 @@ def create_app(
     retry_policy: RetryPolicy | None = None,
     with_router: bool = True,
     metrics: Metrics | None = None,
+    shard: int = 0,
 ) -> web.Application:
     """Build the gateway's application for ``config``; serve it with ``**SERVER_OPTIONS``.
 
     The caller validates ``config`` first (``load_config`` with the same plugin manager). With
-    ``with_router=False`` the app only ingests: ``eventgate serve`` runs the router in its own
-    process (see :mod:`gateway.supervisor`).
+    ``with_router=False`` the app only ingests, into log shard ``shard``: ``eventgate serve``
+    runs the router in its own process (see :mod:`gateway.supervisor`).
     """
     limits = config.server.limits
     metrics = metrics or Metrics()
     pm = plugin_manager or make_plugin_manager()
     event_log = SqliteEventLog(
-        config.storage.data_dir, disk_quota_bytes=int(config.storage.disk_quota_mb * 1024 * 1024)
+        config.storage.data_dir,
+        disk_quota_bytes=int(config.storage.disk_quota_mb * 1024 * 1024),
+        shard=shard,
     )
     app = web.Application(
         middlewares=[make_error_middleware(metrics)],
@@ -76,7 +79,7 @@ def create_app(
     app[PLUGINS_KEY] = pm
     app[LOG_KEY] = event_log
     if with_router:
-        app[ROUTER_KEY] = Router(config, event_log, metrics, pm, retry_policy)
+        app[ROUTER_KEY] = Router(config, [event_log], metrics, pm, retry_policy)
 
     state = IngressState(config, event_log, metrics)
     add_segment_routes(app, state)

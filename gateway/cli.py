@@ -67,7 +67,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _with_overrides(config, args)
     _tune_gc()
     if args.ingress_port is not None:
-        return supervisor.become_ingress_process(config, pm, args.ingress_port, args.parent_pid)
+        return supervisor.become_ingress_process(
+            config, pm, args.ingress_port, args.ingress_shard, args.parent_pid
+        )
     child_argv = [sys.executable, "-m", "gateway", "serve", "--config", args.config]
     child_argv += ["--log-level", args.log_level]
     for flag, value in (
@@ -194,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Internal: how the router process starts an ingress process on its port.
     serve.add_argument("--ingress-port", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--ingress-shard", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default=os.environ.get("EVENTGATE_LOG_LEVEL", "info"))
     serve.set_defaults(func=cmd_serve)

@@ -1,4 +1,4 @@
-"""The router: one worker per destination, reading its own position in the log.
+"""The router: one worker per destination and log shard, each reading its own position.
 
 A worker reads the next events for its destination, waits (up to ``batch.max_age_s``) for a
 batch to fill, delivers it through the plugin, retries retryable failures with backoff, keeps
@@ -57,8 +57,24 @@ class RetryPolicy:
         return scheduled
 
 
+class _QueueDepth:
+    """A destination's queue depth: the sum over its workers (one per shard)."""
+
+    def __init__(self, gauge: Any) -> None:
+        self.gauge = gauge
+        self.by_shard: dict[int, int] = {}
+
+    def set(self, shard: int, depth: int) -> None:
+        self.by_shard[shard] = depth
+        self.gauge.set(sum(self.by_shard.values()))
+
+
 class DestinationWorker:
-    """Delivers one destination's events in log order, batch by batch."""
+    """Delivers one destination's events from one log shard in order, batch by batch.
+
+    The destination's plugin instance is shared by its workers (one per shard), so ``deliver``
+    may run concurrently for different shards.
+    """
 
     def __init__(
         self,
@@ -70,8 +86,11 @@ class DestinationWorker:
         metrics: Metrics,
         plugin_manager: pluggy.PluginManager,
         retry_policy: RetryPolicy,
+        depth: _QueueDepth,
+        shard: int = 0,
     ) -> None:
         self.name = config.name
+        self.shard = shard
         self.config = config
         self.destination = destination
         self.sources = sources
@@ -87,10 +106,10 @@ class DestinationWorker:
         self._task: asyncio.Task[None] | None = None
         self._delivered = metrics.delivered.labels(self.name)
         self._latency = metrics.end_to_end_latency.labels(self.name)
-        self._depth = metrics.queue_depth.labels(self.name)
+        self._depth = depth
 
     async def start(self) -> None:
-        """Open the destination and start delivering from the saved cursor."""
+        """Start delivering from the saved cursor (the router opens the destination)."""
         saved = await self.log.get_cursor(self.name)
         if saved is None:
             # A new destination starts at the end of the log; the cursor is saved before ingress
@@ -98,11 +117,12 @@ class DestinationWorker:
             saved = self.log.last_seq()
             await self.log.set_cursor(self.name, saved)
         self.cursor = saved
-        await self.destination.open()
-        self._task = asyncio.create_task(self._run(), name=f"eventgate-worker-{self.name}")
+        self._task = asyncio.create_task(
+            self._run(), name=f"eventgate-worker-{self.name}-{self.shard}"
+        )
 
     async def stop(self, grace_s: float) -> None:
-        """Deliver what the log holds for up to ``grace_s``, save the cursor, close the plugin."""
+        """Deliver what the log holds for up to ``grace_s`` and save the cursor."""
         self._stopping = True
         self._deadline = time.monotonic() + grace_s
         self._stop_requested.set()
@@ -112,7 +132,6 @@ class DestinationWorker:
                 self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.destination.close()
 
     def _out_of_time(self) -> bool:
         return self._stopping and time.monotonic() >= self._deadline
@@ -136,7 +155,7 @@ class DestinationWorker:
         try:
             while not self._out_of_time():
                 result = await self.log.read(self.cursor, batch_config.max_events, self.sources)
-                self._depth.set(max(self.log.last_seq() - self.cursor, 0))
+                self._depth.set(self.shard, max(self.log.last_seq() - self.cursor, 0))
                 events = result.events
                 if not events:
                     if result.scanned_to > self.cursor:
@@ -257,63 +276,88 @@ class DestinationWorker:
 
 
 class Router:
-    """Starts, runs and stops one :class:`DestinationWorker` per enabled destination."""
+    """Runs one :class:`DestinationWorker` per enabled destination and log shard."""
 
     def __init__(
         self,
         config: GatewayConfig,
-        event_log: EventLog,
+        logs: Sequence[EventLog],
         metrics: Metrics,
         plugin_manager: pluggy.PluginManager,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.config = config
-        self.log = event_log
+        self.logs = list(logs)
         self.metrics = metrics
         self.plugin_manager = plugin_manager
         self.retry_policy = retry_policy or RetryPolicy()
-        self.workers: dict[str, DestinationWorker] = {}
+        self.destinations: dict[str, Destination[Any]] = {}
+        self.workers: dict[str, list[DestinationWorker]] = {}
         self._compactor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Build every enabled destination from its plugin and start its worker."""
+        """Open every enabled destination and start its workers.
+
+        New destinations' cursors are saved before this returns, so whoever starts ingress
+        after it cannot have an acknowledged event skipped.
+        """
         types = destination_types(self.plugin_manager)
         for dest in self.config.destinations:
             if not dest.enabled:
                 continue
             cls = types[dest.type].cls
-            settings = cls.settings_model.model_validate(dest.settings)
-            feeding = [s.name for s in self.config.sources if dest.name in (s.destinations or [])]
-            every = [s.name for s in self.config.sources if s.destinations is None]
-            sources = None if len(every) == len(self.config.sources) else frozenset(feeding + every)
-            worker = DestinationWorker(
-                config=dest,
-                destination=cls(dest.name, settings),
-                sources=sources,
-                event_log=self.log,
-                metrics=self.metrics,
-                plugin_manager=self.plugin_manager,
-                retry_policy=self.retry_policy,
-            )
-            await worker.start()
-            self.workers[dest.name] = worker
+            destination = cls(dest.name, cls.settings_model.model_validate(dest.settings))
+            await destination.open()
+            self.destinations[dest.name] = destination
+            depth = _QueueDepth(self.metrics.queue_depth.labels(dest.name))
+            self.workers[dest.name] = []
+            for shard, event_log in enumerate(self.logs):
+                worker = DestinationWorker(
+                    config=dest,
+                    destination=destination,
+                    sources=self._sources_of(dest.name),
+                    event_log=event_log,
+                    metrics=self.metrics,
+                    plugin_manager=self.plugin_manager,
+                    retry_policy=self.retry_policy,
+                    depth=depth,
+                    shard=shard,
+                )
+                await worker.start()
+                self.workers[dest.name].append(worker)
         self._compactor = asyncio.create_task(self._compact_forever(), name="eventgate-compactor")
 
+    def _sources_of(self, destination: str) -> frozenset[str] | None:
+        """The sources feeding ``destination``, or ``None`` when every source does."""
+        sources = self.config.sources
+        if all(s.destinations is None for s in sources):
+            return None
+        return frozenset(
+            s.name for s in sources if s.destinations is None or destination in s.destinations
+        )
+
     async def stop(self, grace_s: float) -> None:
-        """Stop every worker, giving in-flight batches up to ``grace_s`` to finish."""
+        """Stop every worker (in-flight batches get ``grace_s``), then close the destinations."""
         if self._compactor is not None:
             self._compactor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._compactor
-        await asyncio.gather(*(w.stop(grace_s) for w in self.workers.values()))
+        workers = [w for group in self.workers.values() for w in group]
+        await asyncio.gather(*(w.stop(grace_s) for w in workers))
+        for name, destination in self.destinations.items():
+            try:
+                await destination.close()
+            except Exception:  # one plugin's failure must not stop the others closing
+                log.exception("router.close_failed", destination=name)
 
     async def _compact_forever(self) -> None:
         while True:
             await asyncio.sleep(_COMPACT_EVERY_S)
-            try:
-                deleted = await self.log.compact(list(self.workers))
-            except Exception:  # compaction is retried on the next tick
-                log.exception("log.compaction_failed")
-                continue
-            if deleted:
-                log.debug("log.compacted", deleted=deleted)
+            for event_log in self.logs:
+                try:
+                    deleted = await event_log.compact(list(self.workers))
+                except Exception:  # compaction is retried on the next tick
+                    log.exception("log.compaction_failed")
+                    continue
+                if deleted:
+                    log.debug("log.compacted", deleted=deleted)

@@ -7,8 +7,9 @@ Python runs one core per process, so the gateway is several processes over the s
   restarts an ingress process that dies, and on SIGTERM/SIGINT shuts everything down in order;
 - **ingress** processes (``server.ingress_processes``, default one per CPU): each listens on
   the port with ``SO_REUSEPORT`` (the kernel spreads connections evenly over them) and
-  group-commits what it accepts to the shared log. The router holds the port bound, without
-  listening, so a second gateway cannot take it.
+  group-commits what it accepts to its own log shard (``events-<n>.db``), so ingress processes
+  never wait for each other's fsync. The router holds the port bound, without listening, so a
+  second gateway cannot take it, and reads every shard.
 
 Each ingress process dies with the router (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the router
 leaves nothing behind. Metrics from every process are summed through prometheus-client's
@@ -38,7 +39,7 @@ from prometheus_client import multiprocess
 
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.config import GatewayConfig
-from gateway.log.sqlite import SqliteEventLog
+from gateway.log.sqlite import SqliteEventLog, shards_in
 from gateway.metrics import Metrics, enable_multiprocess_metrics
 from gateway.router import Router
 
@@ -98,15 +99,20 @@ def become_ingress_process(
     config: GatewayConfig,
     plugin_manager: pluggy.PluginManager,
     port: int,
+    shard: int,
     parent_pid: int,
 ) -> int:
-    """Serve ingress on ``port`` (beside the other ingress processes) until SIGTERM."""
+    """Serve ingress on ``port`` into log shard ``shard`` until SIGTERM."""
     _die_with_parent(parent_pid)
-    structlog.contextvars.bind_contextvars(process="ingress", pid=os.getpid())
+    structlog.contextvars.bind_contextvars(process=f"ingress-{shard}", pid=os.getpid())
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     enable_multiprocess_metrics(metrics_dir)
     app = create_app(
-        config, plugin_manager=plugin_manager, with_router=False, metrics=Metrics(metrics_dir)
+        config,
+        plugin_manager=plugin_manager,
+        with_router=False,
+        metrics=Metrics(metrics_dir),
+        shard=shard,
     )
     sock = socket.create_server((config.server.host, port), backlog=1024, reuse_port=True)
     web.run_app(
@@ -130,7 +136,7 @@ class _IngressProcesses:
         self.children: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
-        self.children = [self._spawn() for _ in range(self.count)]
+        self.children = [self._spawn(shard) for shard in range(self.count)]
 
     def restart_dead(self) -> None:
         for i, child in enumerate(self.children):
@@ -138,7 +144,7 @@ class _IngressProcesses:
             if code is not None:
                 log.error("supervisor.ingress_died", pid=child.pid, exit_code=code)
                 multiprocess.mark_process_dead(child.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
-                self.children[i] = self._spawn()
+                self.children[i] = self._spawn(i)
 
     def stop(self, grace_s: float) -> None:
         """SIGTERM every ingress process; they finish in-flight requests and commit, then exit."""
@@ -154,9 +160,9 @@ class _IngressProcesses:
                 child.kill()
                 child.wait()
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self, shard: int) -> subprocess.Popen[bytes]:
         # The command is our own interpreter and arguments, never user input.
-        return subprocess.Popen(self.command)  # noqa: S603
+        return subprocess.Popen([*self.command, "--ingress-shard", str(shard)])  # noqa: S603
 
 
 async def _supervise(
@@ -166,12 +172,14 @@ async def _supervise(
     announce: str,
 ) -> int:
     structlog.contextvars.bind_contextvars(process="router", pid=os.getpid())
-    event_log = SqliteEventLog(
-        config.storage.data_dir,
-        disk_quota_bytes=int(config.storage.disk_quota_mb * 1024 * 1024),
-    )
-    await event_log.open()
-    router = Router(config, event_log, Metrics(ingress.metrics_dir), plugin_manager)
+    # Every shard a process will write, and any left by an earlier run with more processes.
+    data_dir = config.storage.data_dir
+    shards = sorted(set(range(ingress.count)) | set(shards_in(data_dir)))
+    quota = int(config.storage.disk_quota_mb * 1024 * 1024)
+    logs = [SqliteEventLog(data_dir, disk_quota_bytes=quota, shard=n) for n in shards]
+    for event_log in logs:
+        await event_log.open()
+    router = Router(config, logs, Metrics(ingress.metrics_dir), plugin_manager)
     # Cursors of new destinations are saved here, before any ingress process accepts an event.
     await router.start()
     stop = asyncio.Event()
@@ -191,7 +199,8 @@ async def _supervise(
         grace_s = config.server.shutdown_grace_s
         await asyncio.to_thread(ingress.stop, grace_s)
         await router.stop(grace_s)
-        await event_log.close()
+        for event_log in logs:
+            await event_log.close()
     log.info("supervisor.stopped")
     return 0
 

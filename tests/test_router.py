@@ -124,7 +124,7 @@ async def _start(tmp_path: Path, plugin_manager: pluggy.PluginManager) -> AsyncI
         )
         event_log = SqliteEventLog(tmp_path, disk_quota_bytes=1 << 30)
         await event_log.open()
-        router = Router(config, event_log, Metrics(), plugin_manager, NO_WAIT)
+        router = Router(config, [event_log], Metrics(), plugin_manager, NO_WAIT)
         await router.start()
         running.append((router, event_log))
         return router, event_log
@@ -156,7 +156,7 @@ async def test_delivers_in_order_in_bounded_batches(start: Harness, recorder: Re
     await eventually(lambda: len(recorder.delivered.get("rec", [])) == 10)
     assert recorder.delivered["rec"] == [f"m{i}" for i in range(10)]
     assert max(recorder.batches["rec"]) <= 4
-    await eventually(lambda: router.workers["rec"].cursor == 10)
+    await eventually(lambda: router.workers["rec"][0].cursor == 10)
     assert await event_log.get_cursor("rec") == 10
 
 
@@ -194,7 +194,7 @@ async def test_permanent_failure_dead_letters_only_that_event(
     """One permanent failure in a batch is dead-lettered; its neighbours are delivered once."""
     router, event_log = await start([dest(reject=["m1"])])
     await event_log.append(make_events(3))
-    await eventually(lambda: router.workers["rec"].cursor == 3)
+    await eventually(lambda: router.workers["rec"][0].cursor == 3)
     assert recorder.delivered["rec"] == ["m0", "m2"]
     assert await event_log.count_dead_letters("rec") == 1
     assert ("rec", "m1", "failed") in recorder.finished
@@ -205,7 +205,7 @@ async def test_restart_resumes_from_the_cursor(start: Harness, recorder: Recorde
     """After a restart a destination gets only what it had not handled."""
     router, event_log = await start([dest()])
     await event_log.append(make_events(5))
-    await eventually(lambda: router.workers["rec"].cursor == 5)
+    await eventually(lambda: router.workers["rec"][0].cursor == 5)
     await stop(router, event_log)
     recorder.delivered.clear()
     _, event_log = await start([dest()])
@@ -221,17 +221,7 @@ async def test_stop_while_retrying_keeps_the_event(start: Harness, recorder: Rec
     await event_log.append(make_events(1))
     await eventually(lambda: recorder.attempts >= 1)
     await stop(router, event_log)
-    assert await saved_cursor(event_log) == 0
-
-
-async def saved_cursor(event_log: SqliteEventLog) -> int | None:
-    """The cursor of "rec" as a fresh process would read it."""
-    reopened = SqliteEventLog(event_log.path.parent, disk_quota_bytes=1 << 30)
-    await reopened.open()
-    try:
-        return await reopened.get_cursor("rec")
-    finally:
-        await reopened.close()
+    assert await saved_cursor_of(event_log) == 0
 
 
 async def test_sources_feed_only_their_destinations(start: Harness, recorder: Recorder) -> None:
@@ -251,7 +241,7 @@ async def test_new_destination_starts_at_the_end(start: Harness, recorder: Recor
     """A destination added later does not replay history."""
     router, event_log = await start([dest("a")])
     await event_log.append(make_events(3))
-    await eventually(lambda: router.workers["a"].cursor == 3)
+    await eventually(lambda: router.workers["a"][0].cursor == 3)
     await stop(router, event_log)
     _, event_log = await start([dest("a"), dest("b")])
     await event_log.append(make_events(1, start=3))
@@ -279,3 +269,47 @@ def test_retry_policy_delays_are_capped_and_jittered() -> None:
     assert hinted == 12
     assert policy.delay_for(RetryableDeliveryError("429", retry_after_s=10**6), 0.5) == 300
     assert policy.delay_for(RetryableDeliveryError("503"), 0.5) == 0.5
+
+
+async def test_every_shard_is_delivered_with_one_destination_instance(
+    tmp_path: Path, plugin_manager: pluggy.PluginManager, recorder: Recorder
+) -> None:
+    """With two log shards (two ingress processes), a destination gets both shards' events
+    through one plugin instance, each shard with its own cursor."""
+    config = parse_config(
+        {
+            "storage": {"data_dir": str(tmp_path)},
+            "sources": [{"name": "web", "write_keys": ["k"]}],
+            "destinations": [dest()],
+        },
+        env={},
+        plugin_manager=plugin_manager,
+    )
+    logs = [SqliteEventLog(tmp_path, disk_quota_bytes=1 << 30, shard=n) for n in (0, 1)]
+    for event_log in logs:
+        await event_log.open()
+    router = Router(config, logs, Metrics(), plugin_manager, NO_WAIT)
+    await router.start()
+    try:
+        await logs[0].append(make_events(3))
+        await logs[1].append(make_events(2, start=3))
+        await eventually(lambda: len(recorder.delivered.get("rec", [])) == 5)
+        assert sorted(recorder.delivered["rec"]) == [f"m{i}" for i in range(5)]
+        assert len(router.destinations) == 1
+        workers = router.workers["rec"]
+        await eventually(lambda: [w.cursor for w in workers] == [3, 2])
+    finally:
+        await router.stop(grace_s=5)
+        for event_log in logs:
+            await event_log.close()
+    assert [await saved_cursor_of(log) for log in logs] == [3, 2]
+
+
+async def saved_cursor_of(event_log: SqliteEventLog) -> int | None:
+    """The cursor of "rec" in ``event_log``'s shard, read by a fresh log."""
+    reopened = SqliteEventLog(event_log.data_dir, disk_quota_bytes=1 << 30, shard=event_log.shard)
+    await reopened.open()
+    try:
+        return await reopened.get_cursor("rec")
+    finally:
+        await reopened.close()

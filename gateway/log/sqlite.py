@@ -32,7 +32,7 @@ from gateway.errors import StorageFullError, StorageUnavailableError
 from gateway.events import NormalizedEvent
 from gateway.log.base import DeadLetter, ReadResult
 
-__all__ = ["SqliteEventLog"]
+__all__ = ["SqliteEventLog", "shard_path", "shards_in"]
 
 log = structlog.get_logger("eventgate.log")
 
@@ -103,8 +103,10 @@ class _Write:
 class SqliteEventLog:
     """The embedded :class:`~gateway.log.EventLog`: a SQLite WAL file in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, disk_quota_bytes: int) -> None:
-        self.path = Path(data_dir) / "events.db"
+    def __init__(self, data_dir: Path, *, disk_quota_bytes: int, shard: int = 0) -> None:
+        self.data_dir = Path(data_dir)
+        self.shard = shard
+        self.path = shard_path(self.data_dir, shard)
         self.disk_quota_bytes = disk_quota_bytes
         self._queue: list[_Write] = []
         self._queue_lock = threading.Lock()
@@ -227,10 +229,15 @@ class SqliteEventLog:
             bound = min(bound, first + _COMPACT_CHUNK - 1)
             return int(conn.execute("DELETE FROM events WHERE seq <= ?", (bound,)).rowcount)
 
+        def release_pages(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA incremental_vacuum")
+
         total = 0
         while deleted := await self._submit(op=delete_chunk):
             total += deleted
             await asyncio.sleep(_COMPACT_PAUSE_S)  # let ingress processes take the write lock
+        if total:
+            await self._submit(op=release_pages)
         return total
 
     async def _submit(self, *, rows: list[_Row] | None = None, op: _Op | None = None) -> Any:
@@ -319,11 +326,16 @@ class SqliteEventLog:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         size = conn.execute("PRAGMA page_size").fetchone()[0]
+        others = 0
+        for sibling in self.data_dir.glob("events-*.db*"):
+            if sibling != self.path:
+                with contextlib.suppress(FileNotFoundError):
+                    others += sibling.stat().st_size
         try:
             wal = os.stat(f"{self.path}-wal").st_size
         except FileNotFoundError:
             wal = 0
-        return int((pages - free) * size + wal)
+        return int((pages - free) * size + wal + others)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -415,6 +427,21 @@ class SqliteEventLog:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
 
 
+def shard_path(data_dir: Path, shard: int) -> Path:
+    """The file of log shard ``shard``: each ingress process appends to its own shard."""
+    return data_dir / f"events-{shard}.db"
+
+
+def shards_in(data_dir: Path) -> list[int]:
+    """The shard numbers that have a file in ``data_dir``, ascending."""
+    found = []
+    for path in data_dir.glob("events-*.db"):
+        number = path.stem.removeprefix("events-")
+        if number.isdigit():
+            found.append(int(number))
+    return sorted(found)
+
+
 def _begin_immediate(conn: sqlite3.Connection) -> None:
     """Take SQLite's write lock, retrying every 100 µs while another process holds it.
 
@@ -436,6 +463,10 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    # Before anything else touches a new file: pages freed by compaction go back to the file
+    # system (see compact), so file sizes track what the log holds and every process can check
+    # the quota with stat(). A no-op on an existing file.
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")

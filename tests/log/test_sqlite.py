@@ -157,3 +157,15 @@ async def test_append_after_close_is_refused(open_log: OpenLog) -> None:
     await event_log.close()
     with pytest.raises(StorageUnavailableError):
         await event_log.append(events(1))
+
+
+async def test_quota_counts_every_shard(tmp_path: Path) -> None:
+    """The disk quota covers the whole data directory: another shard's file counts too."""
+    (tmp_path / "events-1.db").write_bytes(b"\0" * (2 * MiB))
+    event_log = SqliteEventLog(tmp_path, disk_quota_bytes=MiB, shard=0)
+    await event_log.open()
+    try:
+        with pytest.raises(StorageFullError):
+            await event_log.append(events(1))
+    finally:
+        await event_log.close()

@@ -47,6 +47,9 @@ class SqliteDestination(BatchDestination[SqliteSettings]):
         """Create the destination; the database is opened by :meth:`open`."""
         super().__init__(name, settings)
         self._db: sqlite3.Connection | None = None
+        # The router may deliver batches concurrently (one worker per log shard); one
+        # connection runs one transaction at a time.
+        self._lock = asyncio.Lock()
 
     async def open(self) -> None:
         """Open (and if needed create) the database and its ``events`` table."""
@@ -68,7 +71,8 @@ class SqliteDestination(BatchDestination[SqliteSettings]):
             raise RuntimeError(f"{type(self).__name__}.send_batch called before open()")
         rows = [(e.message_id, e.source, e.type, e.raw.decode()) for e in events]
         try:
-            await asyncio.to_thread(self._insert, self._db, rows)
+            async with self._lock:
+                await asyncio.to_thread(self._insert, self._db, rows)
         except sqlite3.Error as exc:
             raise RetryableDeliveryError(f"sqlite write failed: {exc}") from exc
 
