@@ -104,6 +104,7 @@ class DestinationWorker:
         self._stop_requested = asyncio.Event()
         self._deadline = float("inf")
         self._task: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
         self._delivered = metrics.delivered.labels(self.name)
         self._latency = metrics.end_to_end_latency.labels(self.name)
         self._depth = depth
@@ -132,6 +133,31 @@ class DestinationWorker:
                 self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._flush_cursor()
+
+    def _save_cursor(self) -> None:
+        """Save the cursor in the background; the next batch need not wait for SQLite's lock.
+
+        Under heavy ingest the shard's write lock is busy, and waiting for it after every batch
+        halved delivery. Only the newest cursor matters, so saves coalesce; a crash before a
+        save lands repeats those batches (at-least-once), it never skips one.
+        """
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.create_task(self._save_until_current())
+
+    async def _save_until_current(self) -> None:
+        saved = None
+        try:
+            while saved != self.cursor:
+                saved = self.cursor
+                await self.log.set_cursor(self.name, saved)
+        except Exception:  # the next batch's save tries again; until then, at-least-once
+            log.exception("router.cursor_save_failed", destination=self.name, shard=self.shard)
+
+    async def _flush_cursor(self) -> None:
+        if self._saver is not None:
+            await self._saver
+        await self._save_until_current()
 
     def _out_of_time(self) -> bool:
         return self._stopping and time.monotonic() >= self._deadline
@@ -155,12 +181,14 @@ class DestinationWorker:
         try:
             while not self._out_of_time():
                 result = await self.log.read(self.cursor, batch_config.max_events, self.sources)
-                self._depth.set(self.shard, max(self.log.last_seq() - self.cursor, 0))
+                # refresh: while busy the worker never waits, so it would not see new commits
+                newest = await self.log.refresh()
+                self._depth.set(self.shard, max(newest - self.cursor, 0))
                 events = result.events
                 if not events:
                     if result.scanned_to > self.cursor:
                         self.cursor = result.scanned_to
-                        await self.log.set_cursor(self.name, self.cursor)
+                        self._save_cursor()
                     elif self._stopping:
                         return  # drained
                     else:
@@ -177,7 +205,7 @@ class DestinationWorker:
                         continue
                 stopped_at = await self._deliver_batch(events)
                 self.cursor = result.scanned_to if stopped_at is None else stopped_at
-                await self.log.set_cursor(self.name, self.cursor)
+                self._save_cursor()
                 if stopped_at is not None:
                     return
         except asyncio.CancelledError:

@@ -58,6 +58,9 @@ class EventLog(Protocol):
     def last_seq(self) -> int:
         """The sequence number of the newest durable event (0 when empty)."""
 
+    async def refresh(self) -> int:
+        """Learn the newest durable sequence number, including other processes' commits."""
+
     async def wait_beyond(self, seq: int, timeout_s: float) -> None:
         """Return once an event newer than ``seq`` is durable, or after ``timeout_s``."""
 
