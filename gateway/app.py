@@ -16,10 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.config import GatewayConfig
 from gateway.ingress import (
     IngressState,
+    add_json_fallback,
     add_segment_routes,
     add_segops_routes,
     json_response,
-    make_error_middleware,
 )
 from gateway.log.sqlite import SqliteEventLog
 from gateway.metrics import Metrics
@@ -70,10 +70,7 @@ def create_app(
         disk_quota_bytes=int(config.storage.disk_quota_mb * 1024 * 1024),
         shard=shard,
     )
-    app = web.Application(
-        middlewares=[make_error_middleware(metrics)],
-        client_max_size=max(limits.max_batch_bytes, limits.max_event_bytes) + 1,
-    )
+    app = web.Application(client_max_size=max(limits.max_batch_bytes, limits.max_event_bytes) + 1)
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     app[PLUGINS_KEY] = pm
@@ -86,6 +83,7 @@ def create_app(
     add_segops_routes(app, state)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
+    add_json_fallback(app)
     app.cleanup_ctx.append(_event_log)
     if with_router:
         app.cleanup_ctx.append(_router)

@@ -22,7 +22,7 @@ import structlog
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.destination import Destination, Event, deliver
 from gateway.errors import DeliveryError, RetryableDeliveryError
-from gateway.log.base import DeadLetter, EventLog
+from gateway.log.base import DeadLetter, EventLog, ReadResult
 from gateway.metrics import Metrics
 from gateway.plugins import destination_types
 
@@ -178,12 +178,14 @@ class DestinationWorker:
 
     async def _run(self) -> None:
         batch_config = self.config.batch
+        prefetch: asyncio.Future[ReadResult] | None = None
         try:
             while not self._out_of_time():
-                result = await self.log.read(self.cursor, batch_config.max_events, self.sources)
-                # refresh: while busy the worker never waits, so it would not see new commits
-                newest = await self.log.refresh()
-                self._depth.set(self.shard, max(newest - self.cursor, 0))
+                if prefetch is not None:
+                    result, prefetch = await prefetch, None
+                else:
+                    result = await self.log.read(self.cursor, batch_config.max_events, self.sources)
+                self._depth.set(self.shard, max(result.newest - self.cursor, 0))
                 events = result.events
                 if not events:
                     if result.scanned_to > self.cursor:
@@ -194,15 +196,17 @@ class DestinationWorker:
                     else:
                         await self._idle(self.cursor, _IDLE_WAIT_S)
                     continue
-                if (
-                    not self._stopping
-                    and len(events) < batch_config.max_events
-                    and events[0].received_at is not None
-                ):
-                    wait_s = batch_config.max_age_s - (time.time() - events[0].received_at)
-                    if wait_s > 0:
-                        await self._idle(self.cursor + batch_config.max_events, wait_s)
-                        continue
+                if len(events) < batch_config.max_events:
+                    if not self._stopping and events[0].received_at is not None:
+                        wait_s = batch_config.max_age_s - (time.time() - events[0].received_at)
+                        if wait_s > 0:
+                            await self._idle(self.cursor + batch_config.max_events, wait_s)
+                            continue
+                else:
+                    # A full batch means a backlog: read the next one while this one is sent.
+                    prefetch = asyncio.ensure_future(
+                        self.log.read(result.scanned_to, batch_config.max_events, self.sources)
+                    )
                 stopped_at = await self._deliver_batch(events)
                 self.cursor = result.scanned_to if stopped_at is None else stopped_at
                 self._save_cursor()
@@ -213,6 +217,9 @@ class DestinationWorker:
         except Exception:
             log.exception("router.worker_crashed", destination=self.name)
             raise
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()
 
     async def _deliver_batch(self, events: Sequence[Event]) -> int | None:
         """Deliver ``events`` until each is delivered or dead-lettered.
@@ -231,9 +238,10 @@ class DestinationWorker:
             retry: list[Event] = []
             dead: list[DeadLetter] = []
             last_error: DeliveryError | None = None
+            delivered = 0
             for event, outcome in zip(pending, outcomes, strict=True):
                 if outcome is None:
-                    self._delivered.inc()
+                    delivered += 1
                     if event.received_at is not None:
                         self._latency.observe(max(now - event.received_at, 0.0))
                     self._observe(event, "delivered", None)
@@ -244,6 +252,8 @@ class DestinationWorker:
                     last_error = outcome
                 else:
                     dead.append(self._dead_letter(event, outcome, attempts, first_attempt, now))
+            if delivered:
+                self._delivered.inc(delivered)
             if retry:
                 self.metrics.delivery_failures.labels(self.name, "true").inc(len(retry))
             if dead:

@@ -334,3 +334,18 @@ async def test_storage_full_answers_503_with_retry_after(
         assert response.headers["Retry-After"] == "7"
         assert (await response.json())["code"] == "storage_full"
     assert await stored(client) == []
+
+
+async def test_wrong_method_answers_json_405(client: Client) -> None:
+    """A known path with the wrong method is a JSON 405 with Allow; JSON 404 otherwise."""
+    async with client.get("/v1/track") as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == "POST"
+        assert (await response.json())["code"] == "method_not_allowed"
+    async with client.get("/nowhere") as response:
+        assert response.status == 404
+        assert (await response.json()) == {
+            "success": False,
+            "code": "not_found",
+            "message": "Not Found",
+        }

@@ -52,9 +52,9 @@ def add_segment_routes(app: web.Application, state: IngressState) -> None:
     """Register every ``/v1`` route on ``app``."""
     api = SegmentApi(state)
     for suffix, event_type in SINGLE_ROUTES.items():
-        app.router.add_post(f"/v1/{suffix}", api.single_handler(event_type))
+        app.router.add_post(f"/v1/{suffix}", state.handler(api.single_handler(event_type)))
     for path in BATCH_ROUTES:
-        app.router.add_post(path, api.batch)
+        app.router.add_post(path, state.handler(api.batch))
     app.router.add_get("/v1/pixel/{type}", api.pixel)
 
 

@@ -60,9 +60,9 @@ def add_segops_routes(app: web.Application, state: IngressState) -> None:
     """Register the ``/api/ingestion`` routes (with and without the trailing slash)."""
     api = SegOpsApi(state)
     for path in ("/api/ingestion/track/", "/api/ingestion/track"):
-        app.router.add_post(path, api.track)
+        app.router.add_post(path, state.handler(api.track))
     for path in ("/api/ingestion/track/batch/", "/api/ingestion/track/batch"):
-        app.router.add_post(path, api.batch)
+        app.router.add_post(path, state.handler(api.batch))
 
 
 class SegOpsApi:

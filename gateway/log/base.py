@@ -17,11 +17,13 @@ class ReadResult:
     """Events a destination should deliver next, and how far the scan got.
 
     ``scanned_to`` may be past the last event returned when the rows in between belong to sources
-    that do not feed the destination; the caller may advance its cursor to it.
+    that do not feed the destination; the caller may advance its cursor to it. ``newest`` is the
+    newest sequence number in the log at the time of the read.
     """
 
     events: list[Event]
     scanned_to: int
+    newest: int
 
 
 @dataclass(frozen=True, slots=True)

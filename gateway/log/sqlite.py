@@ -366,15 +366,16 @@ class SqliteEventLog:
     async def refresh(self) -> int:
         """Learn the newest sequence number, including other processes' commits; return it."""
 
-        def query() -> int:
-            assert self._reader_conn is not None
-            row = self._reader_conn.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
-            ).fetchone()
-            return int(row[0]) if row else 0
-
-        self._last_seq = max(self._last_seq, await self._on_reader(query))
+        self._last_seq = max(self._last_seq, await self._on_reader(self._newest_seq))
         return self._last_seq
+
+    def _newest_seq(self) -> int:
+        """The newest committed sequence number (on the reader thread)."""
+        assert self._reader_conn is not None
+        row = self._reader_conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     async def read(self, after: int, limit: int, sources: Collection[str] | None) -> ReadResult:
         """Up to ``limit`` events after ``after``, from ``sources`` (``None``: every source)."""
@@ -392,7 +393,13 @@ class SqliteEventLog:
                 for seq, source, message_id, at, body in rows
                 if wanted is None or source in wanted
             ]
-            return ReadResult(events=events, scanned_to=rows[-1][0] if rows else after)
+            scanned_to = rows[-1][0] if rows else after
+            newest = max(self._newest_seq(), scanned_to)
+            return ReadResult(events=events, scanned_to=scanned_to, newest=newest)
+
+        result = await self._on_reader(query)
+        self._last_seq = max(self._last_seq, result.newest)
+        return result
 
         return await self._on_reader(query)
 
