@@ -23,7 +23,7 @@ from gateway.config import DestinationConfig, GatewayConfig
 from gateway.destination import Destination, Event, deliver
 from gateway.errors import DeliveryError, RetryableDeliveryError
 from gateway.log.base import DeadLetter, EventLog, ReadResult
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, observe_many
 from gateway.plugins import destination_types
 
 __all__ = ["DestinationWorker", "RetryPolicy", "Router"]
@@ -239,11 +239,12 @@ class DestinationWorker:
             dead: list[DeadLetter] = []
             last_error: DeliveryError | None = None
             delivered = 0
+            latencies: list[float] = []
             for event, outcome in zip(pending, outcomes, strict=True):
                 if outcome is None:
                     delivered += 1
                     if event.received_at is not None:
-                        self._latency.observe(max(now - event.received_at, 0.0))
+                        latencies.append(max(now - event.received_at, 0.0))
                     self._observe(event, "delivered", None)
                     continue
                 self._observe(event, "failed", outcome.reason)
@@ -254,6 +255,7 @@ class DestinationWorker:
                     dead.append(self._dead_letter(event, outcome, attempts, first_attempt, now))
             if delivered:
                 self._delivered.inc(delivered)
+                observe_many(self._latency, latencies)
             if retry:
                 self.metrics.delivery_failures.labels(self.name, "true").inc(len(retry))
             if dead:

@@ -80,7 +80,7 @@ _MEASURE_EVERY_S = 1.0
 _POLL_S = 0.01
 # Compaction deletes at most this many events per transaction, so it never holds the write lock
 # long enough to delay ingress.
-_COMPACT_CHUNK = 5_000
+_COMPACT_CHUNK = 1_000
 _COMPACT_PAUSE_S = 0.005
 # How long a write waits for another process to release SQLite's write lock before failing.
 _LOCK_TIMEOUT_S = 5.0
