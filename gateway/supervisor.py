@@ -85,7 +85,12 @@ def serve(
     metrics_dir = config.storage.data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     enable_multiprocess_metrics(metrics_dir)
-    sock = _reserve(config.server.host, config.server.port)
+    try:
+        sock = _reserve(config.server.host, config.server.port)
+    except OSError as exc:
+        where = f"{config.server.host}:{config.server.port}"
+        print(f"eventgate: cannot listen on {where}: {exc.strerror}", file=sys.stderr)
+        return 1
     try:
         port = str(sock.getsockname()[1])
         command = [*child_argv, "--ingress-port", port, "--parent-pid", str(os.getpid())]

@@ -30,7 +30,12 @@ def free_port() -> int:
 class Gateway:
     """One `eventgate serve` process and the directories it writes."""
 
-    def __init__(self, root: Path, destinations: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        destinations: list[dict[str, Any]] | None = None,
+        ingress_processes: int | str = "auto",
+    ) -> None:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -39,7 +44,12 @@ class Gateway:
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         config = {
-            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace_s": 5},
+            "server": {
+                "host": "127.0.0.1",
+                "port": self.port,
+                "shutdown_grace_s": 5,
+                "ingress_processes": ingress_processes,
+            },
             "storage": {"data_dir": str(root / "data")},
             "sources": [{"name": "web", "write_keys": [WRITE_KEY], "api_keys": [API_KEY]}],
             "destinations": destinations

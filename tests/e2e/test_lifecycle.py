@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -61,3 +64,34 @@ def test_example_plugin_delivers_through_its_entry_point(tmp_path: Path) -> None
     with sqlite3.connect(database) as conn:
         rows = conn.execute("SELECT message_id, source FROM events ORDER BY message_id").fetchall()
     assert rows == [("ex-1", "web"), ("ex-2", "web")]
+
+
+def test_single_process_mode(tmp_path: Path) -> None:
+    """ingress_processes: 0 serves ingress and delivery from one process, shard 0 only."""
+    gateway = Gateway(tmp_path, ingress_processes=0)
+    gateway.start()
+    try:
+        assert post_batch(gateway, ["one-1", "one-2"]) == 200
+        gateway.wait_for_files({"one-1", "one-2"})
+        assert gateway.terminate() == 0
+    finally:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.kill()
+    assert sorted(p.name for p in (tmp_path / "data").glob("events-*.db")) == ["events-0.db"]
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    """A port another program listens on gives a one-line error and exit code 1."""
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        gateway = Gateway(tmp_path)
+        command = [sys.executable, "-m", "gateway", "serve", "--config", str(gateway.config_path)]
+        completed = subprocess.run(
+            [*command, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert completed.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in completed.stderr
