@@ -24,7 +24,8 @@ from gateway.ingress import (
 from gateway.log.sqlite import SqliteEventLog
 from gateway.metrics import Metrics
 from gateway.plugins import make_plugin_manager
-from gateway.router import RetryPolicy, Router
+from gateway.retry import RetryPolicy
+from gateway.router import Router
 
 __all__ = [
     "CONFIG_KEY",

@@ -19,6 +19,7 @@ __all__ = [
     "DestinationConfig",
     "GatewayConfig",
     "LimitsConfig",
+    "RetryConfig",
     "ServerConfig",
     "SourceConfig",
     "StorageConfig",
@@ -102,6 +103,21 @@ class BatchConfig(_Model):
     """How long the first event of an incomplete batch may wait for company."""
 
 
+class RetryConfig(_Model):
+    """When a destination's failed deliveries are retried, and when they are dead-lettered."""
+
+    max_attempts: int = Field(30, ge=1)
+    """Attempts in all (the first included) before an event is dead-lettered."""
+    max_age_s: float = Field(4 * 3600.0, gt=0)
+    """How long after its first attempt an event may still be retried (Segment: 4 hours)."""
+    base_delay_s: float = Field(1.0, ge=0)
+    """The first retry waits up to this long; each later one up to twice the previous."""
+    max_delay_s: float = Field(300.0, ge=0)
+    """No single wait is longer (before jitter)."""
+    max_retry_after_s: float = Field(3600.0, ge=0)
+    """A destination's ``Retry-After`` is honoured up to this long."""
+
+
 class DestinationConfig(_Model):
     """A destination: a name, a plugin type and that type's settings."""
 
@@ -109,6 +125,7 @@ class DestinationConfig(_Model):
     type: str
     enabled: bool = True
     batch: BatchConfig = BatchConfig()
+    retry: RetryConfig = RetryConfig()
     settings: dict[str, Any] = {}
 
 

@@ -95,6 +95,12 @@ class Metrics:
             ["destination", "retryable"],
             registry=r,
         )
+        self.retried = Counter(
+            "eventgate_events_retried",
+            "Delivery attempts of events that failed before, by destination",
+            ["destination"],
+            registry=r,
+        )
         self.dead_lettered = Counter(
             "eventgate_events_dead_lettered",
             "Events given up on, by destination",

@@ -1,9 +1,12 @@
 """The router: one worker per destination and log shard, each reading its own position.
 
 A worker reads the next events for its destination, waits (up to ``batch.max_age_s``) for a
-batch to fill, delivers it through the plugin, retries retryable failures with backoff, keeps
-permanent failures as dead letters, and only then durably advances its cursor. A crash at any
-point therefore repeats at most the batch in hand (at-least-once), and loses nothing.
+batch to fill, delivers it through the plugin once, and then durably advances its cursor: the
+delivered events are done, a retryable failure is written to the log's retry table with its
+next attempt time (``RetryPolicy``), a permanent failure or one past the give-up limits becomes
+a dead letter. Between batches the worker delivers the retries that are due, so a failing event
+never holds up the events behind it, and nothing pending a retry is held in memory. A crash at
+any point repeats at most the batch in hand (at-least-once), and loses nothing.
 """
 
 from __future__ import annotations
@@ -11,50 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-import backoff
 import pluggy
 import structlog
 
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.destination import Destination, Event, deliver
-from gateway.errors import DeliveryError, RetryableDeliveryError
-from gateway.log.base import DeadLetter, EventLog, ReadResult
+from gateway.errors import RetryableDeliveryError
+from gateway.log.base import DeadLetter, EventLog, PendingRetry, ReadResult
 from gateway.metrics import Metrics, observe_many
 from gateway.plugins import destination_types
+from gateway.retry import RetryPolicy
 
-__all__ = ["DestinationWorker", "RetryPolicy", "Router"]
+__all__ = ["DestinationWorker", "Router"]
 
 log = structlog.get_logger("eventgate.router")
 
 _IDLE_WAIT_S = 1.0
 _COMPACT_EVERY_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How long to wait between attempts: exponential with full jitter, capped per attempt."""
-
-    base_delay_s: float = 0.5
-    max_delay_s: float = 30.0
-    max_retry_after_s: float = 300.0
-
-    def delays(self) -> Iterator[float]:
-        """An endless schedule of delays (from the ``backoff`` library's wait generator)."""
-        wait = backoff.expo(factor=self.base_delay_s, max_value=self.max_delay_s)
-        wait.send(None)
-        for delay in wait:
-            yield backoff.full_jitter(delay)
-
-    def delay_for(self, error: DeliveryError, scheduled: float) -> float:
-        """The delay before the next attempt: the schedule's, or the destination's hint."""
-        hint = getattr(error, "retry_after_s", None)
-        if hint is not None:
-            return float(min(max(hint, 0.0), self.max_retry_after_s))
-        return scheduled
 
 
 class _QueueDepth:
@@ -104,6 +83,8 @@ class DestinationWorker:
         self._stop_requested = asyncio.Event()
         self._deadline = float("inf")
         self._task: asyncio.Task[None] | None = None
+        self._next_retry_at: float | None = None
+        self._retries_checked_at = 0.0
         self._saver: asyncio.Task[None] | None = None
         self._delivered = metrics.delivered.labels(self.name)
         self._latency = metrics.end_to_end_latency.labels(self.name)
@@ -181,6 +162,8 @@ class DestinationWorker:
         prefetch: asyncio.Future[ReadResult] | None = None
         try:
             while not self._out_of_time():
+                if await self._deliver_due_retries():
+                    continue
                 if prefetch is not None:
                     result, prefetch = await prefetch, None
                 else:
@@ -194,12 +177,13 @@ class DestinationWorker:
                     elif self._stopping:
                         return  # drained
                     else:
-                        await self._idle(self.cursor, _IDLE_WAIT_S)
+                        await self._idle(self.cursor, self._until_next_retry(_IDLE_WAIT_S))
                     continue
                 if len(events) < batch_config.max_events:
                     if not self._stopping and events[0].received_at is not None:
                         wait_s = batch_config.max_age_s - (time.time() - events[0].received_at)
                         if wait_s > 0:
+                            wait_s = self._until_next_retry(wait_s)
                             await self._idle(self.cursor + batch_config.max_events, wait_s)
                             continue
                 else:
@@ -207,11 +191,9 @@ class DestinationWorker:
                     prefetch = asyncio.ensure_future(
                         self.log.read(result.scanned_to, batch_config.max_events, self.sources)
                     )
-                stopped_at = await self._deliver_batch(events)
-                self.cursor = result.scanned_to if stopped_at is None else stopped_at
+                await self._deliver_first_attempt(events)
+                self.cursor = result.scanned_to
                 self._save_cursor()
-                if stopped_at is not None:
-                    return
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -221,88 +203,128 @@ class DestinationWorker:
             if prefetch is not None:
                 prefetch.cancel()
 
-    async def _deliver_batch(self, events: Sequence[Event]) -> int | None:
-        """Deliver ``events`` until each is delivered or dead-lettered.
+    def _until_next_retry(self, wait_s: float) -> float:
+        """``wait_s``, shortened so the worker wakes when its next retry is due."""
+        if self._next_retry_at is None:
+            return wait_s
+        return max(min(wait_s, self._next_retry_at - time.time()), 0.0)
 
-        Returns ``None`` when all are handled; when stopping with retries outstanding, the
-        sequence number just before the first unhandled event (the cursor to save).
-        """
-        pending = list(events)
-        first_attempt = time.time()
-        attempts = 0
-        delays = self.retry_policy.delays()
-        while True:
-            attempts += 1
-            outcomes = await deliver(self.destination, pending)
-            now = time.time()
-            retry: list[Event] = []
-            dead: list[DeadLetter] = []
-            last_error: DeliveryError | None = None
-            delivered = 0
-            latencies: list[float] = []
-            for event, outcome in zip(pending, outcomes, strict=True):
-                if outcome is None:
-                    delivered += 1
-                    if event.received_at is not None:
-                        latencies.append(max(now - event.received_at, 0.0))
-                    self._observe(event, "delivered", None)
-                    continue
-                self._observe(event, "failed", outcome.reason)
-                if isinstance(outcome, RetryableDeliveryError):
-                    retry.append(event)
-                    last_error = outcome
-                else:
-                    dead.append(self._dead_letter(event, outcome, attempts, first_attempt, now))
-            if delivered:
-                self._delivered.inc(delivered)
-                observe_many(self._latency, latencies)
-            if retry:
-                self.metrics.delivery_failures.labels(self.name, "true").inc(len(retry))
-            if dead:
-                await self.log.dead_letter(dead)
-                self.metrics.delivery_failures.labels(self.name, "false").inc(len(dead))
-                self.metrics.dead_lettered.labels(self.name).inc(len(dead))
-                for letter in dead:
-                    log.warning(
-                        "delivery.dead_lettered",
-                        destination=self.name,
-                        message_id=letter.event.message_id,
-                        reason=letter.reason,
+    async def _deliver_first_attempt(self, events: Sequence[Event]) -> None:
+        """Deliver new events once; what fails goes to the retry table or the dead letters."""
+        now = time.time()
+        pending = [
+            PendingRetry(self.name, event, 0, now, now, "first attempt") for event in events
+        ]
+        await self._attempt(pending)
+
+    async def _deliver_due_retries(self) -> bool:
+        """Deliver up to a batch of this destination's due retries; return whether any were."""
+        now = time.time()
+        if self._next_retry_at is None or self._next_retry_at > now:
+            if now < self._retries_checked_at + _IDLE_WAIT_S:
+                return False
+            # Retries may also come from elsewhere (a dead-letter replay by the CLI).
+            self._retries_checked_at = now
+            self._next_retry_at = await self.log.next_retry_at(self.name)
+            if self._next_retry_at is None or self._next_retry_at > now:
+                return False
+        due = await self.log.due_retries(self.name, now, self.config.batch.max_events)
+        if not due:
+            self._next_retry_at = await self.log.next_retry_at(self.name)
+            return False
+        self.metrics.retried.labels(self.name).inc(len(due))
+        await self._attempt(due)
+        self._next_retry_at = await self.log.next_retry_at(self.name)
+        return True
+
+    async def _attempt(self, pending: Sequence[PendingRetry]) -> None:
+        """One delivery attempt for ``pending``, then record every event's new state durably."""
+        outcomes = await deliver(self.destination, [p.event for p in pending])
+        now = time.time()
+        done: list[int] = []
+        retries: list[PendingRetry] = []
+        dead: list[DeadLetter] = []
+        latencies: list[float] = []
+        for item, outcome in zip(pending, outcomes, strict=True):
+            event = item.event
+            if outcome is None:
+                if item.attempts:
+                    done.append(event.seq)
+                if event.received_at is not None:
+                    latencies.append(max(now - event.received_at, 0.0))
+                self._observe(event, "delivered", None)
+                continue
+            self._observe(event, "failed", outcome.reason)
+            attempts = item.attempts + 1
+            give_up = None
+            if isinstance(outcome, RetryableDeliveryError):
+                give_up = self.retry_policy.give_up_reason(attempts, item.first_attempt_at, now)
+                if give_up is None:
+                    delay = self.retry_policy.delay_s(attempts, outcome)
+                    retries.append(
+                        PendingRetry(
+                            destination=self.name,
+                            event=event,
+                            attempts=attempts,
+                            first_attempt_at=item.first_attempt_at,
+                            next_attempt_at=now + delay,
+                            reason=outcome.reason,
+                            request=outcome.request,
+                            response=outcome.response,
+                        )
                     )
-            if not retry:
-                return None
-            assert last_error is not None
-            delay = self.retry_policy.delay_for(last_error, next(delays))
-            log.info(
-                "delivery.retry_scheduled",
-                destination=self.name,
-                events=len(retry),
-                attempt=attempts,
-                delay_s=round(delay, 3),
-                reason=last_error.reason,
+                    continue
+            reason = outcome.reason if give_up is None else f"{outcome.reason}; {give_up}"
+            dead.append(
+                DeadLetter(
+                    destination=self.name,
+                    event=event,
+                    reason=reason,
+                    attempts=attempts,
+                    first_attempt_at=item.first_attempt_at,
+                    last_attempt_at=now,
+                    request=outcome.request,
+                    response=outcome.response,
+                )
             )
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), delay)
-            else:
-                await asyncio.sleep(0)  # let the loop breathe between immediate retries
-            if self._stopping:
-                return retry[0].seq - 1
-            pending = retry
+        if latencies:
+            self._delivered.inc(len(latencies))
+            observe_many(self._latency, latencies)
+        if done:
+            await self.log.retries_done(self.name, done)
+        if retries:
+            await self._schedule(retries)
+        if dead:
+            await self._bury(dead)
 
-    def _dead_letter(
-        self, event: Event, error: DeliveryError, attempts: int, first: float, last: float
-    ) -> DeadLetter:
-        return DeadLetter(
+    async def _schedule(self, retries: list[PendingRetry]) -> None:
+        await self.log.schedule_retries(retries)
+        self.metrics.delivery_failures.labels(self.name, "true").inc(len(retries))
+        first_due = min(r.next_attempt_at for r in retries)
+        if self._next_retry_at is None or first_due < self._next_retry_at:
+            self._next_retry_at = first_due
+        sample = retries[0]
+        log.info(
+            "delivery.retry_scheduled",
             destination=self.name,
-            event=event,
-            reason=error.reason,
-            attempts=attempts,
-            first_attempt_at=first,
-            last_attempt_at=last,
-            request=error.request,
-            response=error.response,
+            events=len(retries),
+            attempt=sample.attempts,
+            delay_s=round(sample.next_attempt_at - time.time(), 3),
+            reason=sample.reason,
         )
+
+    async def _bury(self, dead: list[DeadLetter]) -> None:
+        await self.log.dead_letter(dead)
+        self.metrics.delivery_failures.labels(self.name, "false").inc(len(dead))
+        self.metrics.dead_lettered.labels(self.name).inc(len(dead))
+        for letter in dead:
+            log.warning(
+                "delivery.dead_lettered",
+                destination=self.name,
+                message_id=letter.event.message_id,
+                attempts=letter.attempts,
+                reason=letter.reason,
+            )
 
     def _observe(self, event: Event, outcome: str, reason: str | None) -> None:
         if self._observed:
@@ -330,7 +352,8 @@ class Router:
         self.logs = list(logs)
         self.metrics = metrics
         self.plugin_manager = plugin_manager
-        self.retry_policy = retry_policy or RetryPolicy()
+        self.retry_policy = retry_policy
+        """Overrides every destination's own ``retry`` settings (tests set zero delays here)."""
         self.destinations: dict[str, Destination[Any]] = {}
         self.workers: dict[str, list[DestinationWorker]] = {}
         self._compactor: asyncio.Task[None] | None = None
@@ -359,7 +382,7 @@ class Router:
                     event_log=event_log,
                     metrics=self.metrics,
                     plugin_manager=self.plugin_manager,
-                    retry_policy=self.retry_policy,
+                    retry_policy=self.retry_policy or RetryPolicy.from_config(dest.retry),
                     depth=depth,
                     shard=shard,
                 )

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.plugins import make_plugin_manager
-from gateway.router import RetryPolicy
+from gateway.retry import RetryPolicy
 
 WRITE_KEY = "test-write-key"
 API_KEY = "sk_test_api_key"

@@ -19,7 +19,8 @@ from gateway.events import NormalizedEvent
 from gateway.log import SqliteEventLog
 from gateway.metrics import Metrics
 from gateway.plugins import hookimpl, make_plugin_manager
-from gateway.router import RetryPolicy, Router
+from gateway.retry import RetryPolicy
+from gateway.router import Router
 
 NO_WAIT = RetryPolicy(base_delay_s=0, max_delay_s=0)
 
@@ -32,6 +33,8 @@ class RecordingSettings(BaseModel):
     """messageIds answered with a permanent error."""
     crash_first: int = 0
     """Raise a plain exception (a plugin bug) for this many attempts."""
+    retry_after_s: float = 0
+    """The retry hint sent with each retryable failure."""
 
 
 class Recorder:
@@ -59,7 +62,9 @@ class Recorder:
                 if self.store.attempts <= self.settings.crash_first:
                     raise RuntimeError("plugin bug")
                 if self.store.attempts <= self.settings.fail_first:
-                    raise RetryableDeliveryError("HTTP 503", retry_after_s=0)
+                    raise RetryableDeliveryError(
+                        "HTTP 503", retry_after_s=self.settings.retry_after_s
+                    )
                 self.store.batches.setdefault(self.name, []).append(len(events))
                 outcomes: list[DeliveryError | None] = []
                 for event in events:
@@ -111,7 +116,10 @@ async def _start(tmp_path: Path, plugin_manager: pluggy.PluginManager) -> AsyncI
     running: list[tuple[Router, SqliteEventLog]] = []
 
     async def start(
-        destinations: list[dict[str, Any]], sources: list[dict[str, Any]] | None = None
+        destinations: list[dict[str, Any]],
+        sources: list[dict[str, Any]] | None = None,
+        *,
+        use_config_policy: bool = False,
     ) -> tuple[Router, SqliteEventLog]:
         config: GatewayConfig = parse_config(
             {
@@ -124,7 +132,8 @@ async def _start(tmp_path: Path, plugin_manager: pluggy.PluginManager) -> AsyncI
         )
         event_log = SqliteEventLog(tmp_path, disk_quota_bytes=1 << 30)
         await event_log.open()
-        router = Router(config, [event_log], Metrics(), plugin_manager, NO_WAIT)
+        policy = None if use_config_policy else NO_WAIT
+        router = Router(config, [event_log], Metrics(), plugin_manager, policy)
         await router.start()
         running.append((router, event_log))
         return router, event_log
@@ -215,13 +224,45 @@ async def test_restart_resumes_from_the_cursor(start: Harness, recorder: Recorde
     assert recorder.delivered["rec"] == ["m5", "m6"]
 
 
-async def test_stop_while_retrying_keeps_the_event(start: Harness, recorder: Recorder) -> None:
-    """Stopping with a retry outstanding leaves the event for the next start."""
-    router, event_log = await start([dest(fail_first=10**9)])
+async def test_a_failing_event_does_not_hold_up_the_rest(
+    start: Harness, recorder: Recorder
+) -> None:
+    """A batch that fails goes to the retry table; the events behind it are delivered."""
+    router, event_log = await start([dest(max_events=2, fail_first=1, retry_after_s=3600)])
+    await event_log.append(make_events(4))
+    await eventually(lambda: recorder.delivered.get("rec") == ["m2", "m3"])
+    assert await event_log.count_retries("rec") == 2
+    [first, _] = await event_log.due_retries("rec", now=10**10, limit=10)
+    assert (first.event.message_id, first.attempts, first.reason) == ("m0", 1, "HTTP 503")
+    assert first.next_attempt_at > first.first_attempt_at + 3000  # the hint, not a backoff
+    await eventually(lambda: router.workers["rec"][0].cursor == 4)
+
+
+async def test_retries_give_up_into_dead_letters(
+    start: Harness, recorder: Recorder, tmp_path: Path
+) -> None:
+    """After max_attempts the event is dead-lettered with the reason, and not retried again."""
+    destination = dest(fail_first=10**9)
+    destination["retry"] = {"max_attempts": 3, "base_delay_s": 0, "max_delay_s": 0}
+    _, event_log = await start([destination], use_config_policy=True)
     await event_log.append(make_events(1))
-    await eventually(lambda: recorder.attempts >= 1)
+    await eventually(lambda: recorder.attempts == 3)
+    await asyncio.sleep(0.05)
+    assert recorder.attempts == 3
+    assert await event_log.count_retries("rec") == 0
+    assert await event_log.count_dead_letters("rec") == 1
+
+
+async def test_pending_retries_survive_a_restart(start: Harness, recorder: Recorder) -> None:
+    """A retry scheduled before a stop is delivered after the next start."""
+    router, event_log = await start([dest(fail_first=1, retry_after_s=0.5)])
+    await event_log.append(make_events(1))
+    await eventually(lambda: recorder.attempts == 1)
     await stop(router, event_log)
-    assert await saved_cursor_of(event_log) == 0
+    assert "rec" not in recorder.delivered
+    _, event_log = await start([dest(retry_after_s=0.5)])
+    await eventually(lambda: recorder.delivered.get("rec") == ["m0"])
+    assert await event_log.count_retries("rec") == 0
 
 
 async def test_sources_feed_only_their_destinations(start: Harness, recorder: Recorder) -> None:
@@ -261,14 +302,35 @@ async def test_disabled_destination_gets_nothing(start: Harness, recorder: Recor
 def test_retry_policy_delays_are_capped_and_jittered() -> None:
     """The schedule grows exponentially, with full jitter, never past max_delay_s."""
     policy = RetryPolicy(base_delay_s=1, max_delay_s=8)
-    delays = policy.delays()
-    sample = [next(delays) for _ in range(50)]
-    assert all(0 <= d <= 8 for d in sample)
-    assert len(set(sample)) > 1
-    hinted = policy.delay_for(RetryableDeliveryError("429", retry_after_s=12), 0.5)
-    assert hinted == 12
-    assert policy.delay_for(RetryableDeliveryError("429", retry_after_s=10**6), 0.5) == 300
-    assert policy.delay_for(RetryableDeliveryError("503"), 0.5) == 0.5
+    error = RetryableDeliveryError("503")
+    firsts = {policy.delay_s(1, error) for _ in range(50)}
+    assert all(0 <= d <= 1 for d in firsts)
+    assert len(firsts) > 1
+    assert all(0 <= policy.delay_s(20, error) <= 8 for _ in range(50))
+    assert max(policy.delay_s(4, error) for _ in range(200)) > 4  # 8 s ceiling at attempt 4
+
+
+def test_retry_after_is_honoured_within_bounds() -> None:
+    """A destination's Retry-After wins over the schedule, capped at max_retry_after_s."""
+    policy = RetryPolicy(max_retry_after_s=300)
+    assert policy.delay_s(1, RetryableDeliveryError("429", retry_after_s=12)) == 12
+    assert policy.delay_s(1, RetryableDeliveryError("429", retry_after_s=10**6)) == 300
+    assert policy.delay_s(1, RetryableDeliveryError("429", retry_after_s=-5)) == 0
+
+
+@pytest.mark.parametrize(
+    ("attempts", "age_s", "gives_up"),
+    [
+        pytest.param(1, 0, False, id="fresh"),
+        pytest.param(29, 100, False, id="below-both"),
+        pytest.param(30, 100, True, id="max-attempts"),
+        pytest.param(2, 4 * 3600, True, id="max-age"),
+    ],
+)
+def test_give_up_limits(attempts: int, age_s: float, gives_up: bool) -> None:
+    """The default policy gives up at 30 attempts or 4 hours, whichever comes first."""
+    reason = RetryPolicy().give_up_reason(attempts, first_attempt_at=0, now=age_s)
+    assert (reason is not None) == gives_up
 
 
 async def test_every_shard_is_delivered_with_one_destination_instance(
@@ -302,7 +364,7 @@ async def test_every_shard_is_delivered_with_one_destination_instance(
         await router.stop(grace_s=5)
         for event_log in logs:
             await event_log.close()
-    assert [await saved_cursor_of(log) for log in logs] == [3, 2]
+    assert [await saved_cursor_of(event_log) for event_log in logs] == [3, 2]
 
 
 async def saved_cursor_of(event_log: SqliteEventLog) -> int | None:

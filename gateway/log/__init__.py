@@ -1,6 +1,6 @@
 """The durable event log: every accepted event is here before its request is acknowledged."""
 
-from gateway.log.base import DeadLetter, EventLog, ReadResult
+from gateway.log.base import DeadLetter, EventLog, PendingRetry, ReadResult
 from gateway.log.sqlite import SqliteEventLog
 
-__all__ = ["DeadLetter", "EventLog", "ReadResult", "SqliteEventLog"]
+__all__ = ["DeadLetter", "EventLog", "PendingRetry", "ReadResult", "SqliteEventLog"]

@@ -9,7 +9,7 @@ from typing import Protocol
 from gateway.destination import Event
 from gateway.events import NormalizedEvent
 
-__all__ = ["DeadLetter", "EventLog", "ReadResult"]
+__all__ = ["DeadLetter", "EventLog", "PendingRetry", "ReadResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,23 @@ class DeadLetter:
     last_attempt_at: float
     request: str | None
     response: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRetry:
+    """An event waiting on disk for its next delivery attempt to one destination.
+
+    It carries the event itself, so compaction of the log never has to wait for it.
+    """
+
+    destination: str
+    event: Event
+    attempts: int
+    first_attempt_at: float
+    next_attempt_at: float
+    reason: str
+    request: str | None = None
+    response: str | None = None
 
 
 class EventLog(Protocol):
@@ -76,7 +93,19 @@ class EventLog(Protocol):
         """Durably save the destination's position: everything up to ``seq`` is handled."""
 
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        """Durably keep events a destination gave up on."""
+        """Durably keep events a destination gave up on (and drop their pending retries)."""
+
+    async def schedule_retries(self, retries: Sequence[PendingRetry]) -> None:
+        """Durably record (or update) events to try again at their ``next_attempt_at``."""
+
+    async def due_retries(self, destination: str, now: float, limit: int) -> list[PendingRetry]:
+        """Up to ``limit`` of the destination's retries due at ``now``, oldest due first."""
+
+    async def next_retry_at(self, destination: str) -> float | None:
+        """When the destination's next retry is due, or ``None`` if none is pending."""
+
+    async def retries_done(self, destination: str, seqs: Sequence[int]) -> None:
+        """Forget the destination's retries of these events (they were delivered)."""
 
     async def compact(self, active_destinations: Collection[str]) -> int:
         """Delete events every active destination has passed; return how many were deleted."""

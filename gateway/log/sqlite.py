@@ -30,7 +30,7 @@ import structlog
 from gateway.destination import Event
 from gateway.errors import StorageFullError, StorageUnavailableError
 from gateway.events import NormalizedEvent
-from gateway.log.base import DeadLetter, ReadResult
+from gateway.log.base import DeadLetter, PendingRetry, ReadResult
 
 __all__ = ["SqliteEventLog", "shard_path", "shards_in"]
 
@@ -65,6 +65,22 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     response TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_destination ON dead_letters (destination, id);
+CREATE TABLE IF NOT EXISTS retries (
+    destination TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    received_at REAL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_attempt_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    request TEXT,
+    response TEXT,
+    PRIMARY KEY (destination, seq)
+);
+CREATE INDEX IF NOT EXISTS retries_due ON retries (destination, next_attempt_at);
 """
 
 _INSERT_EVENT = "INSERT INTO events (source, message_id, received_at, body) VALUES (?, ?, ?, ?)"
@@ -201,8 +217,102 @@ class SqliteEventLog:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            conn.executemany(
+                "DELETE FROM retries WHERE destination = ? AND seq = ?",
+                [(d.destination, d.event.seq) for d in letters],
+            )
 
         await self._submit(op=insert)
+
+    async def schedule_retries(self, retries: Sequence[PendingRetry]) -> None:
+        """Durably record (or update) events to try again at their ``next_attempt_at``."""
+        rows = [
+            (
+                r.destination,
+                r.event.seq,
+                r.event.source,
+                r.event.message_id,
+                r.event.received_at,
+                r.event.raw,
+                r.attempts,
+                r.first_attempt_at,
+                r.next_attempt_at,
+                r.reason,
+                r.request,
+                r.response,
+            )
+            for r in retries
+        ]
+
+        def upsert(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO retries (destination, seq, source, message_id, "
+                "received_at, body, attempts, first_attempt_at, next_attempt_at, reason, "
+                "request, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+        await self._submit(op=upsert)
+
+    async def retries_done(self, destination: str, seqs: Sequence[int]) -> None:
+        """Forget the destination's retries of these events (they were delivered)."""
+        rows = [(destination, seq) for seq in seqs]
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM retries WHERE destination = ? AND seq = ?", rows)
+
+        await self._submit(op=delete)
+
+    async def due_retries(self, destination: str, now: float, limit: int) -> list[PendingRetry]:
+        """Up to ``limit`` of the destination's retries due at ``now``, oldest due first."""
+
+        def query() -> list[PendingRetry]:
+            assert self._reader_conn is not None
+            rows = self._reader_conn.execute(
+                "SELECT seq, source, message_id, received_at, body, attempts, first_attempt_at, "
+                "next_attempt_at, reason, request, response FROM retries "
+                "WHERE destination = ? AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+                (destination, now, limit),
+            ).fetchall()
+            return [
+                PendingRetry(
+                    destination=destination,
+                    event=Event(seq=seq, source=src, message_id=mid, raw=body, received_at=at),
+                    attempts=attempts,
+                    first_attempt_at=first,
+                    next_attempt_at=due,
+                    reason=reason,
+                    request=request,
+                    response=response,
+                )
+                for seq, src, mid, at, body, attempts, first, due, reason, request, response in rows
+            ]
+
+        return await self._on_reader(query)
+
+    async def next_retry_at(self, destination: str) -> float | None:
+        """When the destination's next retry is due, or ``None`` if none is pending."""
+
+        def query() -> float | None:
+            assert self._reader_conn is not None
+            row = self._reader_conn.execute(
+                "SELECT MIN(next_attempt_at) FROM retries WHERE destination = ?", (destination,)
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._on_reader(query)
+
+    async def count_retries(self, destination: str) -> int:
+        """How many of the destination's events wait for a retry."""
+
+        def query() -> int:
+            assert self._reader_conn is not None
+            row = self._reader_conn.execute(
+                "SELECT COUNT(*) FROM retries WHERE destination = ?", (destination,)
+            ).fetchone()
+            return int(row[0])
+
+        return await self._on_reader(query)
 
     async def compact(self, active_destinations: Collection[str]) -> int:
         """Delete the events every active destination's cursor has passed.
