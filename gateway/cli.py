@@ -8,6 +8,7 @@ import base64
 import gc
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import aiohttp
 import orjson
 import pluggy
 
+from gateway import dlq
 from gateway.config import GatewayConfig, ServerConfig, load_config
+from gateway.dlq import DeadLetterFilter
 from gateway.errors import ConfigError
 from gateway.logging import configure_logging
 from gateway.plugins import destination_types, make_plugin_manager
@@ -181,6 +184,93 @@ async def _post(url: str, write_key: str, message: dict[str, Any]) -> int:
     return 0 if response.status == 200 else 1
 
 
+def _when(text: str) -> float:
+    """A time given as ISO-8601 (``2026-11-23T10:00:00Z``) or Unix seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ISO-8601 or Unix seconds") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _dlq_target(args: argparse.Namespace) -> tuple[Path, DeadLetterFilter] | None:
+    if args.data_dir is not None:
+        data_dir = Path(args.data_dir)
+    else:
+        config = _load(args.config, make_plugin_manager())
+        if config is None:
+            return None
+        data_dir = config.storage.data_dir
+    match = DeadLetterFilter(args.destination, args.since, args.until, args.reason)
+    return data_dir, match
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """List, show, replay or purge dead letters."""
+    target = _dlq_target(args)
+    if target is None:
+        return 2
+    data_dir, match = target
+    if args.action == "list":
+        rows = dlq.list_letters(data_dir, match, args.limit)
+        if args.json:
+            for row in rows:
+                print(orjson.dumps(_letter_json(row, with_body=False)).decode())
+            return 0
+        for row in rows:
+            print(
+                f"{row.key:>8}  {_iso(row.last_attempt_at)}  {row.destination:<16} "
+                f"{row.message_id:<36} x{row.attempts:<3} {row.reason}"
+            )
+        print(f"{len(rows)} dead letter(s)", file=sys.stderr)
+        return 0
+    if args.action == "show":
+        if args.key is None:
+            print("dlq show needs the key printed by `dlq list` (shard:id)", file=sys.stderr)
+            return 2
+        letter = dlq.show(data_dir, args.key)
+        if letter is None:
+            print(f"no dead letter {args.key}", file=sys.stderr)
+            return 1
+        shown = _letter_json(letter, with_body=True)
+        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not (args.all or args.destination or args.reason or args.since or args.until):
+        print(f"dlq {args.action} needs a filter, or --all", file=sys.stderr)
+        return 2
+    if args.action == "replay":
+        print(f"{dlq.replay(data_dir, match)} dead letter(s) re-enqueued")
+    else:
+        print(f"{dlq.purge(data_dir, match)} dead letter(s) purged")
+    return 0
+
+
+def _letter_json(row: dlq.DeadLetterRow, *, with_body: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "key": row.key,
+        "destination": row.destination,
+        "source": row.source,
+        "messageId": row.message_id,
+        "reason": row.reason,
+        "attempts": row.attempts,
+        "firstAttemptAt": _iso(row.first_attempt_at),
+        "lastAttemptAt": _iso(row.last_attempt_at),
+    }
+    if with_body:
+        data["request"] = row.request
+        data["response"] = row.response
+        data["event"] = orjson.loads(row.body)
+    return data
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``eventgate`` command."""
     parser = argparse.ArgumentParser(prog="eventgate", description=__doc__)
@@ -219,6 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--group-id", default="eventgate-cli-group")
     send.add_argument("--previous-id", default="eventgate-cli-previous")
     send.set_defaults(func=cmd_send)
+
+    dead = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
+    dead.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dead.add_argument("key", nargs="?", help="for show: the key printed by list (shard:id)")
+    dead.add_argument("--config", default=_default_config(), help="where to find the data dir")
+    dead.add_argument("--data-dir", help="the data directory (instead of --config)")
+    dead.add_argument("--destination", help="only this destination")
+    dead.add_argument("--since", type=_when, help="last attempt at or after (ISO-8601 or Unix s)")
+    dead.add_argument("--until", type=_when, help="last attempt before (ISO-8601 or Unix s)")
+    dead.add_argument("--reason", help="reason contains this text")
+    dead.add_argument("--all", action="store_true", help="replay/purge: every dead letter")
+    dead.add_argument("--limit", type=int, default=100, help="list: at most this many")
+    dead.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    dead.set_defaults(func=cmd_dlq)
     return parser
 
 

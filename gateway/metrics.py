@@ -101,6 +101,12 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.replayed = Counter(
+            "eventgate_dead_letters_replayed",
+            "Dead letters replayed (eventgate dlq replay), by destination",
+            ["destination"],
+            registry=r,
+        )
         self.dead_lettered = Counter(
             "eventgate_events_dead_lettered",
             "Events given up on, by destination",

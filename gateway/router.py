@@ -212,10 +212,8 @@ class DestinationWorker:
     async def _deliver_first_attempt(self, events: Sequence[Event]) -> None:
         """Deliver new events once; what fails goes to the retry table or the dead letters."""
         now = time.time()
-        pending = [
-            PendingRetry(self.name, event, 0, now, now, "first attempt") for event in events
-        ]
-        await self._attempt(pending)
+        pending = [PendingRetry(self.name, event, 0, now, now, "first attempt") for event in events]
+        await self._attempt(pending, from_retry_table=False)
 
     async def _deliver_due_retries(self) -> bool:
         """Deliver up to a batch of this destination's due retries; return whether any were."""
@@ -232,12 +230,16 @@ class DestinationWorker:
         if not due:
             self._next_retry_at = await self.log.next_retry_at(self.name)
             return False
-        self.metrics.retried.labels(self.name).inc(len(due))
-        await self._attempt(due)
+        replays = sum(1 for item in due if item.attempts == 0)
+        if replays:
+            self.metrics.replayed.labels(self.name).inc(replays)
+            log.info("delivery.replaying", destination=self.name, events=replays)
+        self.metrics.retried.labels(self.name).inc(len(due) - replays)
+        await self._attempt(due, from_retry_table=True)
         self._next_retry_at = await self.log.next_retry_at(self.name)
         return True
 
-    async def _attempt(self, pending: Sequence[PendingRetry]) -> None:
+    async def _attempt(self, pending: Sequence[PendingRetry], *, from_retry_table: bool) -> None:
         """One delivery attempt for ``pending``, then record every event's new state durably."""
         outcomes = await deliver(self.destination, [p.event for p in pending])
         now = time.time()
@@ -248,7 +250,7 @@ class DestinationWorker:
         for item, outcome in zip(pending, outcomes, strict=True):
             event = item.event
             if outcome is None:
-                if item.attempts:
+                if from_retry_table:
                     done.append(event.seq)
                 if event.received_at is not None:
                     latencies.append(max(now - event.received_at, 0.0))

@@ -12,8 +12,9 @@ import pluggy
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from gateway import BatchDestination, Event, PermanentDeliveryError, RetryableDeliveryError
+from gateway import BatchDestination, Event, PermanentDeliveryError, RetryableDeliveryError, dlq
 from gateway.config import GatewayConfig, parse_config
+from gateway.dlq import DeadLetterFilter
 from gateway.errors import DeliveryError
 from gateway.events import NormalizedEvent
 from gateway.log import SqliteEventLog
@@ -375,3 +376,20 @@ async def saved_cursor_of(event_log: SqliteEventLog) -> int | None:
         return await reopened.get_cursor("rec")
     finally:
         await reopened.close()
+
+
+async def test_replayed_dead_letter_is_delivered_and_counted(
+    start: Harness, recorder: Recorder, tmp_path: Path
+) -> None:
+    """A dead letter replayed (as by `eventgate dlq replay`) reaches its destination again."""
+    router, event_log = await start([dest(reject=["m0"])])
+    await event_log.append(make_events(1))
+    await eventually(lambda: router.workers["rec"][0].cursor == 1)
+    assert await event_log.count_dead_letters("rec") == 1
+    await stop(router, event_log)
+    assert dlq.replay(tmp_path, DeadLetterFilter(destination="rec")) == 1
+    router, event_log = await start([dest()])
+    await eventually(lambda: recorder.delivered.get("rec") == ["m0"])
+    assert router.metrics.replayed.labels("rec")._value.get() == 1
+    await eventually(lambda: router.workers["rec"][0]._next_retry_at is None)
+    assert await event_log.count_retries("rec") == 0
