@@ -13,6 +13,7 @@ import pluggy
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.admin import add_admin_routes
 from gateway.config import GatewayConfig
 from gateway.ingress import (
     IngressState,
@@ -84,6 +85,7 @@ def create_app(
     add_segops_routes(app, state)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
+    add_admin_routes(app, config, state)
     add_json_fallback(app)
     app.cleanup_ctx.append(_event_log)
     if with_router:

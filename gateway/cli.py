@@ -209,10 +209,6 @@ def _dlq_target(args: argparse.Namespace) -> tuple[Path, DeadLetterFilter] | Non
     return data_dir, match
 
 
-def _iso(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def cmd_dlq(args: argparse.Namespace) -> int:
     """List, show, replay or purge dead letters."""
     target = _dlq_target(args)
@@ -223,11 +219,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         rows = dlq.list_letters(data_dir, match, args.limit)
         if args.json:
             for row in rows:
-                print(orjson.dumps(_letter_json(row, with_body=False)).decode())
+                print(orjson.dumps(dlq.letter_json(row, with_body=False)).decode())
             return 0
         for row in rows:
+            when = dlq.letter_json(row, with_body=False)["lastAttemptAt"]
             print(
-                f"{row.key:>8}  {_iso(row.last_attempt_at)}  {row.destination:<16} "
+                f"{row.key:>8}  {when}  {row.destination:<16} "
                 f"{row.message_id:<36} x{row.attempts:<3} {row.reason}"
             )
         print(f"{len(rows)} dead letter(s)", file=sys.stderr)
@@ -240,7 +237,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         if letter is None:
             print(f"no dead letter {args.key}", file=sys.stderr)
             return 1
-        shown = _letter_json(letter, with_body=True)
+        shown = dlq.letter_json(letter, with_body=True)
         print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
         return 0
     if not (args.all or args.destination or args.reason or args.since or args.until):
@@ -251,24 +248,6 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     else:
         print(f"{dlq.purge(data_dir, match)} dead letter(s) purged")
     return 0
-
-
-def _letter_json(row: dlq.DeadLetterRow, *, with_body: bool) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "key": row.key,
-        "destination": row.destination,
-        "source": row.source,
-        "messageId": row.message_id,
-        "reason": row.reason,
-        "attempts": row.attempts,
-        "firstAttemptAt": _iso(row.first_attempt_at),
-        "lastAttemptAt": _iso(row.last_attempt_at),
-    }
-    if with_body:
-        data["request"] = row.request
-        data["response"] = row.response
-        data["event"] = orjson.loads(row.body)
-    return data
 
 
 def build_parser() -> argparse.ArgumentParser:

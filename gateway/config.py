@@ -52,6 +52,8 @@ class ServerConfig(_Model):
     """A header such as ``X-Forwarded-For`` whose first address is the client's ``context.ip``.
     Set it only behind a proxy that overwrites it."""
     shutdown_grace_s: float = Field(10.0, ge=0)
+    admin_token: SecretStr | None = None
+    """Bearer token of the admin API (``/admin/...``); without one the admin API is off."""
     ingress_processes: int | Literal["auto"] = Field("auto")
     """Ingress processes ``eventgate serve`` runs beside the router process; ``auto`` is one per
     CPU, 0 runs ingress and router in a single process."""

@@ -13,12 +13,23 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from gateway.log.sqlite import shard_path, shards_in
 
-__all__ = ["DeadLetterFilter", "DeadLetterRow", "list_letters", "purge", "replay", "show"]
+__all__ = [
+    "DeadLetterFilter",
+    "DeadLetterRow",
+    "letter_json",
+    "list_letters",
+    "purge",
+    "replay",
+    "show",
+]
 
 _BUSY_TIMEOUT_MS = 10_000
 
@@ -162,3 +173,26 @@ def purge(data_dir: Path, match: DeadLetterFilter) -> int:
         with _shard(data_dir, shard) as conn:
             total += conn.execute(f"DELETE FROM dead_letters WHERE {where}", params).rowcount  # noqa: S608
     return total
+
+
+def letter_json(row: DeadLetterRow, *, with_body: bool) -> dict[str, Any]:
+    """``row`` as the CLI and the admin API show it (times as ISO-8601 UTC)."""
+    data: dict[str, Any] = {
+        "key": row.key,
+        "destination": row.destination,
+        "source": row.source,
+        "messageId": row.message_id,
+        "reason": row.reason,
+        "attempts": row.attempts,
+        "firstAttemptAt": _iso(row.first_attempt_at),
+        "lastAttemptAt": _iso(row.last_attempt_at),
+    }
+    if with_body:
+        data["request"] = row.request
+        data["response"] = row.response
+        data["event"] = orjson.loads(row.body)
+    return data
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
