@@ -1,0 +1,95 @@
+"""A misbehaving webhook receiver against the real gateway: retries, Retry-After, dead letters,
+and kill -9 while retries are pending."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway import dlq
+from gateway.dlq import DeadLetterFilter
+from tests.e2e.conftest import Gateway
+from tests.e2e.test_lifecycle import post_batch
+
+RETRY_AFTER_S = 1
+
+
+class ChaosReceiver:
+    """Answers each messageId by script: ``ok-*`` get 500, then 429 + Retry-After, then 200;
+    ``bad-*`` always get 400."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, list[float]] = defaultdict(list)
+        self.delivered: set[str] = set()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        message = orjson.loads(await request.read())
+        message_id = request.headers["webhook-id"]
+        assert message_id == message["messageId"]
+        tries = self.attempts[message_id]
+        tries.append(time.monotonic())
+        if message_id.startswith("bad-"):
+            return web.Response(status=400, text="unknown event")
+        if len(tries) == 1:
+            return web.Response(status=500, text="database down")
+        if len(tries) == 2:
+            return web.Response(status=429, headers={"Retry-After": str(RETRY_AFTER_S)})
+        self.delivered.add(message_id)
+        return web.Response(status=204)
+
+
+async def test_every_event_ends_delivered_or_dead_lettered(tmp_path: Path) -> None:
+    """Events that fail twice are delivered on the third attempt, after waiting out the
+    Retry-After; events the receiver refuses are dead-lettered with the reason; a kill -9 while
+    retries are pending loses none of them."""
+    receiver = ChaosReceiver()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    gateway = Gateway(
+        tmp_path,
+        destinations=[
+            {
+                "name": "hook",
+                "type": "webhook",
+                "batch": {"max_events": 50, "max_age_s": 0.05},
+                "retry": {"base_delay_s": 0.05, "max_delay_s": 0.2},
+                "settings": {"url": str(server.make_url("/hook")), "timeout_s": 5},
+            }
+        ],
+    )
+    try:
+        await asyncio.to_thread(gateway.start)
+        good = [f"ok-{i}" for i in range(40)]
+        bad = [f"bad-{i}" for i in range(5)]
+        assert await asyncio.to_thread(post_batch, gateway, good + bad) == 200
+        # Once every good event has failed twice, their retries wait on disk: kill the gateway.
+        deadline = time.monotonic() + 30
+        while not all(len(receiver.attempts[m]) >= 2 for m in good):
+            assert time.monotonic() < deadline, "the first two attempts never came"
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(gateway.kill)
+        assert not receiver.delivered
+        await asyncio.to_thread(gateway.start)
+        while receiver.delivered != set(good):
+            assert time.monotonic() < deadline, f"delivered {len(receiver.delivered)} of 40"
+            await asyncio.sleep(0.05)
+        for message_id in good:
+            second, third = receiver.attempts[message_id][1:3]
+            assert third - second >= RETRY_AFTER_S - 0.05  # Retry-After was respected
+        letters = dlq.list_letters(gateway.root / "data", DeadLetterFilter(destination="hook"))
+        assert sorted(letter.message_id for letter in letters) == sorted(bad)
+        assert all(letter.reason.startswith("HTTP 400") for letter in letters)
+        assert all(letter.response and "unknown event" in letter.response for letter in letters)
+        assert all(len(receiver.attempts[m]) == 1 for m in bad)  # permanent: never retried
+    finally:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.kill()
+        await server.close()
