@@ -16,6 +16,7 @@ from gateway.errors import ConfigError
 
 __all__ = [
     "BatchConfig",
+    "CircuitConfig",
     "DestinationConfig",
     "GatewayConfig",
     "LimitsConfig",
@@ -120,6 +121,18 @@ class RetryConfig(_Model):
     """A destination's ``Retry-After`` is honoured up to this long."""
 
 
+class CircuitConfig(_Model):
+    """When to stop sending to a destination that keeps failing, and when to probe it again."""
+
+    enabled: bool = True
+    failure_threshold: int = Field(5, ge=1)
+    """Delivery attempts in a row that delivered nothing (and failed retryably) to open it."""
+    open_s: float = Field(5.0, ge=0)
+    """The first pause; each failed probe doubles it."""
+    max_open_s: float = Field(300.0, ge=0)
+    """The longest pause between probes."""
+
+
 class DestinationConfig(_Model):
     """A destination: a name, a plugin type and that type's settings."""
 
@@ -128,6 +141,7 @@ class DestinationConfig(_Model):
     enabled: bool = True
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
+    circuit: CircuitConfig = CircuitConfig()
     settings: dict[str, Any] = {}
 
 

@@ -120,6 +120,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.circuit_open = Gauge(
+            "eventgate_circuit_open",
+            "1 while the destination's circuit breaker pauses deliveries to it",
+            ["destination"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.end_to_end_latency = Histogram(
             "eventgate_end_to_end_latency_seconds",
             "Time from receivedAt to delivered",

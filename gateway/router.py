@@ -20,6 +20,7 @@ from typing import Any
 import pluggy
 import structlog
 
+from gateway.circuit import CircuitBreaker
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.destination import Destination, Event, deliver
 from gateway.errors import RetryableDeliveryError
@@ -33,6 +34,7 @@ __all__ = ["DestinationWorker", "Router"]
 log = structlog.get_logger("eventgate.router")
 
 _IDLE_WAIT_S = 1.0
+_MIN_PAUSE_S = 0.05
 _COMPACT_EVERY_S = 10.0
 
 
@@ -67,8 +69,10 @@ class DestinationWorker:
         retry_policy: RetryPolicy,
         depth: _QueueDepth,
         shard: int = 0,
+        circuit: CircuitBreaker | None = None,
     ) -> None:
         self.name = config.name
+        self.circuit = circuit
         self.shard = shard
         self.config = config
         self.destination = destination
@@ -191,7 +195,15 @@ class DestinationWorker:
                     prefetch = asyncio.ensure_future(
                         self.log.read(result.scanned_to, batch_config.max_events, self.sources)
                     )
-                await self._deliver_first_attempt(events)
+                if not await self._deliver_first_attempt(events):
+                    # The destination's circuit is open: the events stay in the log.
+                    if prefetch is not None:
+                        prefetch.cancel()
+                        prefetch = None
+                    if self._stopping:
+                        return
+                    await self._pause()
+                    continue
                 self.cursor = result.scanned_to
                 self._save_cursor()
         except asyncio.CancelledError:
@@ -209,11 +221,20 @@ class DestinationWorker:
             return wait_s
         return max(min(wait_s, self._next_retry_at - time.time()), 0.0)
 
-    async def _deliver_first_attempt(self, events: Sequence[Event]) -> None:
-        """Deliver new events once; what fails goes to the retry table or the dead letters."""
+    async def _pause(self) -> None:
+        """Wait while the circuit is open (until a probe may go, or a stop is requested)."""
+        wait_s = self.circuit.wait_s() if self.circuit is not None else 0.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), max(wait_s, _MIN_PAUSE_S))
+
+    async def _deliver_first_attempt(self, events: Sequence[Event]) -> bool:
+        """Deliver new events once; what fails goes to the retry table or the dead letters.
+
+        Returns ``False`` (nothing sent) while the destination's circuit is open.
+        """
         now = time.time()
         pending = [PendingRetry(self.name, event, 0, now, now, "first attempt") for event in events]
-        await self._attempt(pending, from_retry_table=False)
+        return await self._attempt(pending, from_retry_table=False)
 
     async def _deliver_due_retries(self) -> bool:
         """Deliver up to a batch of this destination's due retries; return whether any were."""
@@ -226,6 +247,8 @@ class DestinationWorker:
             self._next_retry_at = await self.log.next_retry_at(self.name)
             if self._next_retry_at is None or self._next_retry_at > now:
                 return False
+        if self.circuit is not None and self.circuit.wait_s() > 0:
+            return False  # paused; when a probe may go, it can be these retries
         due = await self.log.due_retries(self.name, now, self.config.batch.max_events)
         if not due:
             self._next_retry_at = await self.log.next_retry_at(self.name)
@@ -239,8 +262,13 @@ class DestinationWorker:
         self._next_retry_at = await self.log.next_retry_at(self.name)
         return True
 
-    async def _attempt(self, pending: Sequence[PendingRetry], *, from_retry_table: bool) -> None:
-        """One delivery attempt for ``pending``, then record every event's new state durably."""
+    async def _attempt(self, pending: Sequence[PendingRetry], *, from_retry_table: bool) -> bool:
+        """One delivery attempt for ``pending``, then record every event's new state durably.
+
+        Returns ``False`` without sending anything while the destination's circuit is open.
+        """
+        if self.circuit is not None and not self.circuit.allows():
+            return False
         outcomes = await deliver(self.destination, [p.event for p in pending])
         now = time.time()
         done: list[int] = []
@@ -289,8 +317,13 @@ class DestinationWorker:
                     response=outcome.response,
                 )
             )
+        delivered = sum(1 for outcome in outcomes if outcome is None)
+        if self.circuit is not None:
+            retryable = sum(1 for o in outcomes if isinstance(o, RetryableDeliveryError))
+            self.circuit.record(delivered=delivered, retryable_failures=retryable)
+        if delivered:
+            self._delivered.inc(delivered)
         if latencies:
-            self._delivered.inc(len(latencies))
             observe_many(self._latency, latencies)
         if done:
             await self.log.retries_done(self.name, done)
@@ -298,6 +331,7 @@ class DestinationWorker:
             await self._schedule(retries)
         if dead:
             await self._bury(dead)
+        return True
 
     async def _schedule(self, retries: list[PendingRetry]) -> None:
         await self.log.schedule_retries(retries)
@@ -375,6 +409,7 @@ class Router:
             await destination.open()
             self.destinations[dest.name] = destination
             depth = _QueueDepth(self.metrics.queue_depth.labels(dest.name))
+            circuit = self._circuit_for(dest)
             self.workers[dest.name] = []
             for shard, event_log in enumerate(self.logs):
                 worker = DestinationWorker(
@@ -387,10 +422,25 @@ class Router:
                     retry_policy=self.retry_policy or RetryPolicy.from_config(dest.retry),
                     depth=depth,
                     shard=shard,
+                    circuit=circuit,
                 )
                 await worker.start()
                 self.workers[dest.name].append(worker)
         self._compactor = asyncio.create_task(self._compact_forever(), name="eventgate-compactor")
+
+    def _circuit_for(self, dest: DestinationConfig) -> CircuitBreaker | None:
+        """The destination's circuit breaker, shared by its workers (``None`` if disabled)."""
+        if not dest.circuit.enabled:
+            return None
+        gauge = self.metrics.circuit_open.labels(dest.name)
+        gauge.set(0)
+        return CircuitBreaker(
+            dest.name,
+            failure_threshold=dest.circuit.failure_threshold,
+            open_s=dest.circuit.open_s,
+            max_open_s=dest.circuit.max_open_s,
+            on_change=lambda is_open: gauge.set(1 if is_open else 0),
+        )
 
     def _sources_of(self, destination: str) -> frozenset[str] | None:
         """The sources feeding ``destination``, or ``None`` when every source does."""

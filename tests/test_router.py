@@ -393,3 +393,21 @@ async def test_replayed_dead_letter_is_delivered_and_counted(
     assert router.metrics.replayed.labels("rec")._value.get() == 1
     await eventually(lambda: router.workers["rec"][0]._next_retry_at is None)
     assert await event_log.count_retries("rec") == 0
+
+
+async def test_circuit_pauses_a_failing_destination(start: Harness, recorder: Recorder) -> None:
+    """A destination that keeps failing gets no more attempts while its circuit is open; the
+    events wait in the log (not the retry table), and a probe resumes delivery when it heals."""
+    destination = dest(max_events=1, fail_first=3)
+    destination["circuit"] = {"failure_threshold": 3, "open_s": 0.5}
+    router, event_log = await start([destination])
+    await event_log.append(make_events(5))
+    await eventually(lambda: recorder.attempts == 3)
+    await asyncio.sleep(0.2)
+    assert recorder.attempts == 3  # open: nothing more was sent
+    assert router.metrics.circuit_open.labels("rec")._value.get() == 1
+    # m0 failed three times (due retries go first, with zero delays); the rest wait in the log
+    assert await event_log.count_retries("rec") == 1
+    assert router.workers["rec"][0].cursor == 1
+    await eventually(lambda: len(recorder.delivered.get("rec", [])) == 5)
+    assert router.metrics.circuit_open.labels("rec")._value.get() == 0
