@@ -232,9 +232,7 @@ class DestinationWorker:
 
         Returns ``False`` (nothing sent) while the destination's circuit is open.
         """
-        now = time.time()
-        pending = [PendingRetry(self.name, event, 0, now, now, "first attempt") for event in events]
-        return await self._attempt(pending, from_retry_table=False)
+        return await self._attempt(events, None)
 
     async def _deliver_due_retries(self) -> bool:
         """Deliver up to a batch of this destination's due retries; return whether any were."""
@@ -258,37 +256,47 @@ class DestinationWorker:
             self.metrics.replayed.labels(self.name).inc(replays)
             log.info("delivery.replaying", destination=self.name, events=replays)
         self.metrics.retried.labels(self.name).inc(len(due) - replays)
-        await self._attempt(due, from_retry_table=True)
+        await self._attempt([item.event for item in due], due)
         self._next_retry_at = await self.log.next_retry_at(self.name)
         return True
 
-    async def _attempt(self, pending: Sequence[PendingRetry], *, from_retry_table: bool) -> bool:
-        """One delivery attempt for ``pending``, then record every event's new state durably.
+    async def _attempt(
+        self, events: Sequence[Event], previous: Sequence[PendingRetry] | None
+    ) -> bool:
+        """One delivery attempt for ``events``, then record every event's new state durably.
 
-        Returns ``False`` without sending anything while the destination's circuit is open.
+        ``previous`` holds the events' retry records when they come from the retry table
+        (``None`` for a first attempt). Returns ``False`` without sending anything while the
+        destination's circuit is open.
         """
         if self.circuit is not None and not self.circuit.allows():
             return False
-        outcomes = await deliver(self.destination, [p.event for p in pending])
+        outcomes = await deliver(self.destination, events)
         now = time.time()
+        latencies = [
+            max(now - event.received_at, 0.0)
+            for event, outcome in zip(events, outcomes, strict=True)
+            if outcome is None and event.received_at is not None
+        ]
         done: list[int] = []
         retries: list[PendingRetry] = []
         dead: list[DeadLetter] = []
-        latencies: list[float] = []
-        for item, outcome in zip(pending, outcomes, strict=True):
-            event = item.event
+        retryable = 0
+        for index, (event, outcome) in enumerate(zip(events, outcomes, strict=True)):
             if outcome is None:
-                if from_retry_table:
+                if previous is not None:
                     done.append(event.seq)
-                if event.received_at is not None:
-                    latencies.append(max(now - event.received_at, 0.0))
-                self._observe(event, "delivered", None)
+                if self._observed:
+                    self._observe(event, "delivered", None)
                 continue
             self._observe(event, "failed", outcome.reason)
-            attempts = item.attempts + 1
+            prior = previous[index] if previous is not None else None
+            attempts = 1 if prior is None else prior.attempts + 1
+            first_attempt_at = now if prior is None else prior.first_attempt_at
             give_up = None
             if isinstance(outcome, RetryableDeliveryError):
-                give_up = self.retry_policy.give_up_reason(attempts, item.first_attempt_at, now)
+                retryable += 1
+                give_up = self.retry_policy.give_up_reason(attempts, first_attempt_at, now)
                 if give_up is None:
                     delay = self.retry_policy.delay_s(attempts, outcome)
                     retries.append(
@@ -296,7 +304,7 @@ class DestinationWorker:
                             destination=self.name,
                             event=event,
                             attempts=attempts,
-                            first_attempt_at=item.first_attempt_at,
+                            first_attempt_at=first_attempt_at,
                             next_attempt_at=now + delay,
                             reason=outcome.reason,
                             request=outcome.request,
@@ -311,15 +319,14 @@ class DestinationWorker:
                     event=event,
                     reason=reason,
                     attempts=attempts,
-                    first_attempt_at=item.first_attempt_at,
+                    first_attempt_at=first_attempt_at,
                     last_attempt_at=now,
                     request=outcome.request,
                     response=outcome.response,
                 )
             )
-        delivered = sum(1 for outcome in outcomes if outcome is None)
+        delivered = len(events) - len(retries) - len(dead)
         if self.circuit is not None:
-            retryable = sum(1 for o in outcomes if isinstance(o, RetryableDeliveryError))
             self.circuit.record(delivered=delivered, retryable_failures=retryable)
         if delivered:
             self._delivered.inc(delivered)
