@@ -71,6 +71,7 @@ def create_app(
         config.storage.data_dir,
         disk_quota_bytes=int(config.storage.disk_quota_mb * 1024 * 1024),
         shard=shard,
+        dedup_window_s=config.storage.dedup_window_s,
     )
     app = web.Application(client_max_size=max(limits.max_batch_bytes, limits.max_event_bytes) + 1)
     app[CONFIG_KEY] = config

@@ -75,6 +75,9 @@ class StorageConfig(_Model):
     """When the log reaches this size, ingress answers 503 with ``Retry-After``."""
     retry_after_s: int = Field(30, gt=0)
     """The ``Retry-After`` sent with a 503 when storage cannot accept."""
+    dedup_window_s: float = Field(86_400.0, ge=0)
+    """An event whose messageId was accepted this recently (by any source) is acknowledged but
+    not stored again; 0 turns deduplication off. Costs about 80 bytes of disk per event."""
 
 
 class SourceConfig(_Model):

@@ -77,6 +77,12 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.deduplicated = Counter(
+            "eventgate_events_deduplicated",
+            "Events acknowledged but not stored again: their messageId was already accepted",
+            ["source"],
+            registry=r,
+        )
         self.requests_rejected = Counter(
             "eventgate_requests_rejected",
             "Whole ingress requests refused, by reason code",

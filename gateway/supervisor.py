@@ -181,7 +181,11 @@ async def _supervise(
     data_dir = config.storage.data_dir
     shards = sorted(set(range(ingress.count)) | set(shards_in(data_dir)))
     quota = int(config.storage.disk_quota_mb * 1024 * 1024)
-    logs = [SqliteEventLog(data_dir, disk_quota_bytes=quota, shard=n) for n in shards]
+    window = config.storage.dedup_window_s
+    logs = [
+        SqliteEventLog(data_dir, disk_quota_bytes=quota, shard=n, dedup_window_s=window)
+        for n in shards
+    ]
     for event_log in logs:
         await event_log.open()
     router = Router(config, logs, Metrics(ingress.metrics_dir), plugin_manager)

@@ -349,3 +349,17 @@ async def test_wrong_method_answers_json_405(client: Client) -> None:
             "code": "not_found",
             "message": "Not Found",
         }
+
+
+async def test_duplicate_message_ids_are_acknowledged_not_stored(client: Client) -> None:
+    """A retried request (same messageIds) gets 200 again, but nothing is stored twice."""
+    batch = {"batch": [{"type": "track", **track(messageId=f"dup-{i}")} for i in range(3)]}
+    for _ in range(2):
+        status, answer = await post(client, "/v1/batch", batch, headers=basic())
+        assert (status, answer) == (200, {"success": True})
+    status, _ = await post(client, "/v1/track", track(messageId="dup-1"), headers=basic())
+    assert status == 200
+    assert [m["messageId"] for m in await stored(client)] == ["dup-0", "dup-1", "dup-2"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'eventgate_events_deduplicated_total{source="web"} 4.0' in metrics
+    assert 'eventgate_events_received_total{source="web"} 3.0' in metrics

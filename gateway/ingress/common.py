@@ -98,7 +98,7 @@ class IngressState:
         if not events:
             return
         try:
-            await self.log.append(events)
+            duplicates = await self.log.append(events)
         except StorageFullError:
             raise RequestRejectedError(
                 503,
@@ -116,7 +116,10 @@ class IngressState:
         counter = self._received.get(source)
         if counter is None:
             counter = self._received[source] = self.metrics.events_received.labels(source)
-        counter.inc(len(events))
+        counter.inc(len(events) - duplicates)
+        if duplicates:
+            # Answered as accepted, as Segment does: the first copy is stored.
+            self.metrics.deduplicated.labels(source).inc(duplicates)
 
     def count_rejected(self, source: str, code: str) -> None:
         """Count one event refused at ingress."""

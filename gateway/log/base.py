@@ -66,8 +66,10 @@ class EventLog(Protocol):
     async def close(self) -> None:
         """Finish pending writes and release the storage."""
 
-    async def append(self, events: Sequence[NormalizedEvent]) -> None:
+    async def append(self, events: Sequence[NormalizedEvent]) -> int:
         """Store ``events`` durably; return only once they survive a crash.
+
+        Returns how many were not stored because their messageId was already (deduplication).
 
         Raises:
             StorageFullError: the disk quota is reached; nothing was stored.

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 
 from gateway.destination import Event
@@ -81,6 +82,10 @@ CREATE TABLE IF NOT EXISTS retries (
     PRIMARY KEY (destination, seq)
 );
 CREATE INDEX IF NOT EXISTS retries_due ON retries (destination, next_attempt_at);
+CREATE TABLE IF NOT EXISTS seen (
+    message_id TEXT NOT NULL UNIQUE,
+    at REAL NOT NULL
+);
 """
 
 _INSERT_EVENT = "INSERT INTO events (source, message_id, received_at, body) VALUES (?, ?, ?, ?)"
@@ -98,6 +103,10 @@ _POLL_S = 0.01
 # long enough to delay ingress.
 _COMPACT_CHUNK = 1_000
 _COMPACT_PAUSE_S = 0.005
+_SEEN_SQL = (
+    "SELECT message_id FROM {schema}.seen "
+    "WHERE message_id IN (SELECT value FROM json_each(?)) AND at >= ?"
+)
 # How long a write waits for another process to release SQLite's write lock before failing.
 _LOCK_TIMEOUT_S = 5.0
 _BUSY_TIMEOUT_MS = 5000
@@ -119,8 +128,16 @@ class _Write:
 class SqliteEventLog:
     """The embedded :class:`~gateway.log.EventLog`: a SQLite WAL file in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, disk_quota_bytes: int, shard: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        disk_quota_bytes: int,
+        shard: int = 0,
+        dedup_window_s: float = 0.0,
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self.dedup_window_s = dedup_window_s
         self.shard = shard
         self.path = shard_path(self.data_dir, shard)
         self.disk_quota_bytes = disk_quota_bytes
@@ -136,6 +153,8 @@ class SqliteEventLog:
         self._new_data = asyncio.Event()
         self._used_bytes = 0
         self._measured_at = 0.0
+        self._peers: sqlite3.Connection | None = None
+        self._peer_schemas: list[str] = []
         self.commits = 0
         """How many transactions the writer has committed (each is one fsync)."""
 
@@ -152,8 +171,9 @@ class SqliteEventLog:
         seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         self._last_seq = max(row[0], seq_row[0] if seq_row else 0)
         self._used_bytes = self._measure(conn)
+        peers = self._connect_peers() if self.dedup_window_s > 0 else None
         self._writer = threading.Thread(
-            target=self._write_loop, args=(conn,), name="eventgate-log-writer", daemon=True
+            target=self._write_loop, args=(conn, peers), name="eventgate-log-writer", daemon=True
         )
         self._writer.start()
         self._reader_conn = await self._on_reader(lambda: _connect(self.path))
@@ -172,12 +192,17 @@ class SqliteEventLog:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def append(self, events: Sequence[NormalizedEvent]) -> None:
-        """Store ``events`` durably (group-committed, fsync'd) and return."""
+    async def append(self, events: Sequence[NormalizedEvent]) -> int:
+        """Store ``events`` durably (group-committed, fsync'd); return how many were duplicates.
+
+        With a dedup window, an event whose messageId is already stored (in any shard, within
+        the window) or repeats one earlier in the same commit is not stored again.
+        """
         if not events:
-            return
+            return 0
         rows = [(e.source, e.message_id, e.received_at, e.body) for e in events]
-        await self._submit(rows=rows)
+        duplicates: int = await self._submit(rows=rows)
+        return duplicates
 
     async def set_cursor(self, destination: str, seq: int) -> None:
         """Durably save how far ``destination`` has got."""
@@ -315,7 +340,8 @@ class SqliteEventLog:
         return await self._on_reader(query)
 
     async def compact(self, active_destinations: Collection[str]) -> int:
-        """Delete the events every active destination's cursor has passed.
+        """Delete the events every active destination's cursor has passed, and messageIds older
+        than the dedup window.
 
         Deletes in chunks of at most ``_COMPACT_CHUNK`` events per transaction, so other writers
         (ingress in other processes) wait for the lock only briefly.
@@ -342,10 +368,26 @@ class SqliteEventLog:
         def release_pages(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA incremental_vacuum")
 
+        cutoff = time.time() - self.dedup_window_s
+
+        def forget_chunk(conn: sqlite3.Connection) -> int:
+            # Oldest rows first in rowid order: the scan stops after the chunk.
+            return int(
+                conn.execute(
+                    "DELETE FROM seen WHERE rowid IN "
+                    "(SELECT rowid FROM seen WHERE at < ? ORDER BY rowid LIMIT ?)",
+                    (cutoff, _COMPACT_CHUNK),
+                ).rowcount
+            )
+
         total = 0
         while deleted := await self._submit(op=delete_chunk):
             total += deleted
             await asyncio.sleep(_COMPACT_PAUSE_S)  # let ingress processes take the write lock
+        if self.dedup_window_s > 0:
+            while forgotten := await self._submit(op=forget_chunk):
+                total += forgotten
+                await asyncio.sleep(_COMPACT_PAUSE_S)
         if total:
             await self._submit(op=release_pages)
         return total
@@ -363,7 +405,27 @@ class SqliteEventLog:
             self._wake.set()
         return await future
 
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
+    def _connect_peers(self) -> sqlite3.Connection | None:
+        """A read connection to the other shards, for deduplication across ingress processes.
+
+        A separate connection: attached to the writer's own, they would all be write-locked by
+        its ``BEGIN IMMEDIATE``.
+        """
+        others = [shard_path(self.data_dir, n) for n in shards_in(self.data_dir)]
+        others = [path for path in others if path != self.path]
+        if not others:
+            return None
+        peers = sqlite3.connect(
+            "file::memory:", isolation_level=None, check_same_thread=False, uri=True
+        )
+        peers.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        for number, path in enumerate(others):
+            peers.execute(f"ATTACH DATABASE ? AS peer{number}", (f"file:{path}?mode=ro",))
+        self._peer_schemas = [f"peer{n}" for n in range(len(others))]
+        return peers
+
+    def _write_loop(self, conn: sqlite3.Connection, peers: sqlite3.Connection | None) -> None:
+        self._peers = peers
         try:
             while True:
                 self._wake.wait()
@@ -376,6 +438,8 @@ class SqliteEventLog:
                     return
         finally:
             conn.close()
+            if peers is not None:
+                peers.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         """Run ``batch`` in one transaction; answer each caller once the commit is durable.
@@ -386,10 +450,13 @@ class SqliteEventLog:
         """
         full = self._used_bytes >= self.disk_quota_bytes
         rows: list[_Row] = []
+        duplicates: dict[int, int] = {}
         if not full:
             for write in batch:
                 if write.rows is not None:
                     rows.extend(write.rows)
+            if rows and self.dedup_window_s > 0:
+                rows, duplicates = self._drop_duplicates(conn, batch)
         results: list[tuple[_Write, Any, BaseException | None]] = []
         seq = 0
         try:
@@ -397,13 +464,19 @@ class SqliteEventLog:
             if rows:
                 conn.executemany(_INSERT_EVENT, rows)
                 seq = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                if self.dedup_window_s > 0:
+                    at = time.time()
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO seen (message_id, at) VALUES (?, ?)",
+                        [(row[1], at) for row in rows],
+                    )
             for write in batch:
                 if write.op is not None:
                     results.append((write, write.op(conn), None))
                 elif full:
                     results.append((write, None, StorageFullError("the disk quota is reached")))
                 else:
-                    results.append((write, None, None))
+                    results.append((write, duplicates.get(id(write), 0), None))
             conn.execute("COMMIT")
             self.commits += 1
         except Exception as exc:  # noqa: BLE001 - every caller must be answered
@@ -423,6 +496,34 @@ class SqliteEventLog:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting any more
             self._loop.call_soon_threadsafe(self._finish, results, bool(rows))
+
+    def _drop_duplicates(
+        self, conn: sqlite3.Connection, batch: list[_Write]
+    ) -> tuple[list[_Row], dict[int, int]]:
+        """The appends' rows without messageIds already stored (in any shard, within the window)
+        or repeated in this batch, and how many each write lost that way."""
+        ids = [row[1] for write in batch if write.rows is not None for row in write.rows]
+        # One JSON array parameter keeps the SQL text fixed, so SQLite's prepared statement is
+        # reused (an IN list of varying length would be compiled again for every commit).
+        params = (orjson.dumps(ids).decode(), time.time() - self.dedup_window_s)
+        known = {r[0] for r in conn.execute(_SEEN_SQL.format(schema="main"), params)}
+        if self._peers is not None:
+            for schema in self._peer_schemas:
+                known.update(
+                    r[0] for r in self._peers.execute(_SEEN_SQL.format(schema=schema), params)
+                )
+        kept: list[_Row] = []
+        duplicates: dict[int, int] = {}
+        for write in batch:
+            if write.rows is None:
+                continue
+            for row in write.rows:
+                if row[1] in known:
+                    duplicates[id(write)] = duplicates.get(id(write), 0) + 1
+                else:
+                    known.add(row[1])
+                    kept.append(row)
+        return kept, duplicates
 
     def _finish(self, results: list[tuple[_Write, Any, BaseException | None]], grew: bool) -> None:
         for write, value, error in results:

@@ -95,3 +95,13 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         )
     assert completed.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in completed.stderr
+
+
+def test_retried_requests_are_stored_once_across_processes(gateway: Gateway) -> None:
+    """The same batch sent again on new connections (which land on either ingress process) is
+    acknowledged each time and delivered once."""
+    ids = [f"retry-{i}" for i in range(20)]
+    for _ in range(6):
+        assert post_batch(gateway, ids) == 200
+    messages = gateway.wait_for_files(set(ids))
+    assert sorted(m["messageId"] for m in messages) == sorted(ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -167,5 +168,55 @@ async def test_quota_counts_every_shard(tmp_path: Path) -> None:
     try:
         with pytest.raises(StorageFullError):
             await event_log.append(events(1))
+    finally:
+        await event_log.close()
+
+
+async def test_dedup_drops_repeated_message_ids(tmp_path: Path) -> None:
+    """With a dedup window, a messageId already stored, or repeated in one commit, is counted
+    as a duplicate and not stored again."""
+    event_log = SqliteEventLog(tmp_path, disk_quota_bytes=1 << 30, dedup_window_s=3600)
+    await event_log.open()
+    try:
+        assert await event_log.append(events(3)) == 0
+        assert await event_log.append(events(2, start=2)) == 1  # m2 again, m3 new
+        assert await event_log.append(events(1, start=9) + events(1, start=9)) == 1
+        stored = [e.message_id for e in (await event_log.read(0, 100, None)).events]
+        assert stored == ["m0", "m1", "m2", "m3", "m9"]
+    finally:
+        await event_log.close()
+
+
+async def test_dedup_is_global_across_shards(tmp_path: Path) -> None:
+    """An ingress process sees the messageIds another process's shard already holds."""
+    first = SqliteEventLog(tmp_path, disk_quota_bytes=1 << 30, shard=0, dedup_window_s=3600)
+    await first.open()
+    await first.append(events(2))
+    second = SqliteEventLog(tmp_path, disk_quota_bytes=1 << 30, shard=1, dedup_window_s=3600)
+    await second.open()
+    try:
+        assert await second.append(events(3)) == 2
+        assert [e.message_id for e in (await second.read(0, 10, None)).events] == ["m2"]
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_dedup_window_expires_and_is_compacted(tmp_path: Path) -> None:
+    """Past the window a messageId is accepted again; compaction forgets old ones."""
+    event_log = SqliteEventLog(tmp_path, disk_quota_bytes=1 << 30, dedup_window_s=0.2)
+    await event_log.open()
+    try:
+        await event_log.append(events(2))
+        await asyncio.sleep(0.3)
+        assert await event_log.append(events(1)) == 0  # m0 is outside the window
+        await event_log.set_cursor("files", 0)
+        await event_log.compact(["files"])
+        reader = sqlite3.connect(event_log.path)
+        try:
+            remaining = [r[0] for r in reader.execute("SELECT message_id FROM seen")]
+        finally:
+            reader.close()
+        assert remaining == ["m0"]  # the new copy of m0 only; the old m0 and m1 are gone
     finally:
         await event_log.close()
