@@ -311,6 +311,7 @@ def register_destination_types() -> list[type[Destination[Any]]]:
     return [FileDestination]
 
 
+@functools.lru_cache(maxsize=256)
 def _usable_as_directory_name(source: str) -> bool:
     return source not in {"", ".", ".."} and not any(c in source for c in "/\\\0")
 

@@ -7,6 +7,8 @@ requests before any of them is closed, so an acknowledged event is always in the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pluggy
@@ -30,6 +32,7 @@ from gateway.router import Router
 
 __all__ = [
     "CONFIG_KEY",
+    "INGRESS_KEY",
     "LOG_KEY",
     "METRICS_KEY",
     "PLUGINS_KEY",
@@ -43,6 +46,8 @@ LOG_KEY = web.AppKey("log", SqliteEventLog)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 PLUGINS_KEY = web.AppKey("plugins", pluggy.PluginManager)
 ROUTER_KEY = web.AppKey("router", Router)
+INGRESS_KEY = web.AppKey("ingress", IngressState)
+_FLUSH_COUNTS_EVERY_S = 0.25
 
 # How the app must be served: ingress inflates gzip itself, bounded while streaming, so aiohttp's
 # own decompression is off (with it on, a body claiming gzip that is not would get a text 400).
@@ -82,6 +87,7 @@ def create_app(
         app[ROUTER_KEY] = Router(config, [event_log], metrics, pm, retry_policy)
 
     state = IngressState(config, event_log, metrics)
+    app[INGRESS_KEY] = state
     add_segment_routes(app, state)
     add_segops_routes(app, state)
     app.router.add_get("/metrics", _metrics)
@@ -89,6 +95,7 @@ def create_app(
     add_admin_routes(app, config, state)
     add_json_fallback(app)
     app.cleanup_ctx.append(_event_log)
+    app.cleanup_ctx.append(_flush_counts)
     if with_router:
         app.cleanup_ctx.append(_router)
     return app
@@ -107,7 +114,24 @@ async def _router(app: web.Application) -> AsyncIterator[None]:
     await router.stop(app[CONFIG_KEY].server.shutdown_grace_s)
 
 
+async def _flush_counts(app: web.Application) -> AsyncIterator[None]:
+    state = app[INGRESS_KEY]
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_COUNTS_EVERY_S)
+            state.flush_counts()
+
+    task = asyncio.create_task(flush_forever(), name="eventgate-flush-counts")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    state.flush_counts()
+
+
 async def _metrics(request: web.Request) -> web.Response:
+    request.app[INGRESS_KEY].flush_counts()
     metrics = request.app[METRICS_KEY]
     metrics.log_bytes.set(request.app[LOG_KEY].used_bytes())
     return web.Response(

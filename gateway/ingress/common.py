@@ -52,7 +52,10 @@ class IngressState:
         )
         self.log = event_log
         self.metrics = metrics
-        self._received: dict[str, Any] = {}
+        # Counted here and added to the shared-memory metrics by flush_counts(): one metric
+        # write per request was 2% of single-event ingest CPU.
+        self._received: Counter[str] = Counter()
+        self._deduplicated: Counter[str] = Counter()
 
     def handler(self, handler: _Handler) -> _Handler:
         """``handler`` with refusals answered as JSON (see :func:`json_errors`)."""
@@ -113,13 +116,21 @@ class IngressState:
                 "the gateway cannot store events right now; retry later",
                 retry_after_s=self.retry_after_s,
             ) from None
-        counter = self._received.get(source)
-        if counter is None:
-            counter = self._received[source] = self.metrics.events_received.labels(source)
-        counter.inc(len(events) - duplicates)
+        self._received[source] += len(events) - duplicates
         if duplicates:
             # Answered as accepted, as Segment does: the first copy is stored.
-            self.metrics.deduplicated.labels(source).inc(duplicates)
+            self._deduplicated[source] += duplicates
+
+    def flush_counts(self) -> None:
+        """Add the events counted since the last flush to the metrics (every 0.25 s, and on
+        every scrape of this process's ``/metrics``)."""
+        for counts, metric in (
+            (self._received, self.metrics.events_received),
+            (self._deduplicated, self.metrics.deduplicated),
+        ):
+            for source, count in counts.items():
+                metric.labels(source).inc(count)
+            counts.clear()
 
     def count_rejected(self, source: str, code: str) -> None:
         """Count one event refused at ingress."""
