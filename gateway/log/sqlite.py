@@ -103,6 +103,11 @@ _POLL_S = 0.01
 # long enough to delay ingress.
 _COMPACT_CHUNK = 1_000
 _COMPACT_PAUSE_S = 0.005
+_RECORD_SQL = (
+    "INSERT INTO seen (message_id, at) SELECT value, ?1 FROM json_each(?2) WHERE true "
+    "ON CONFLICT (message_id) DO UPDATE SET at = excluded.at WHERE seen.at < ?3 "
+    "RETURNING message_id"
+)
 _SEEN_SQL = (
     "SELECT message_id FROM {schema}.seen "
     "WHERE message_id IN (SELECT value FROM json_each(?)) AND at >= ?"
@@ -455,21 +460,15 @@ class SqliteEventLog:
             for write in batch:
                 if write.rows is not None:
                     rows.extend(write.rows)
-            if rows and self.dedup_window_s > 0:
-                rows, duplicates = self._drop_duplicates(conn, batch)
         results: list[tuple[_Write, Any, BaseException | None]] = []
         seq = 0
         try:
             _begin_immediate(conn)
+            if rows and self.dedup_window_s > 0:
+                rows, duplicates = self._drop_duplicates(conn, batch)
             if rows:
                 conn.executemany(_INSERT_EVENT, rows)
                 seq = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-                if self.dedup_window_s > 0:
-                    at = time.time()
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO seen (message_id, at) VALUES (?, ?)",
-                        [(row[1], at) for row in rows],
-                    )
             for write in batch:
                 if write.op is not None:
                     results.append((write, write.op(conn), None))
@@ -501,28 +500,34 @@ class SqliteEventLog:
         self, conn: sqlite3.Connection, batch: list[_Write]
     ) -> tuple[list[_Row], dict[int, int]]:
         """The appends' rows without messageIds already stored (in any shard, within the window)
-        or repeated in this batch, and how many each write lost that way."""
+        or repeated in this batch, and how many each write lost that way.
+
+        Runs inside the write transaction: one upsert records every messageId in this shard's
+        ``seen`` table and returns the ones that were new (or older than the window), then the
+        other shards are asked about those only.
+        """
         ids = [row[1] for write in batch if write.rows is not None for row in write.rows]
+        now = time.time()
+        cutoff = now - self.dedup_window_s
         # One JSON array parameter keeps the SQL text fixed, so SQLite's prepared statement is
         # reused (an IN list of varying length would be compiled again for every commit).
-        params = (orjson.dumps(ids).decode(), time.time() - self.dedup_window_s)
-        known = {r[0] for r in conn.execute(_SEEN_SQL.format(schema="main"), params)}
-        if self._peers is not None:
+        fresh = {r[0] for r in conn.execute(_RECORD_SQL, (now, orjson.dumps(ids).decode(), cutoff))}
+        if self._peers is not None and fresh:
+            params = (orjson.dumps(sorted(fresh)).decode(), cutoff)
             for schema in self._peer_schemas:
-                known.update(
-                    r[0] for r in self._peers.execute(_SEEN_SQL.format(schema=schema), params)
-                )
+                found = self._peers.execute(_SEEN_SQL.format(schema=schema), params)
+                fresh.difference_update(r[0] for r in found)
         kept: list[_Row] = []
         duplicates: dict[int, int] = {}
         for write in batch:
             if write.rows is None:
                 continue
             for row in write.rows:
-                if row[1] in known:
-                    duplicates[id(write)] = duplicates.get(id(write), 0) + 1
-                else:
-                    known.add(row[1])
+                if row[1] in fresh:
+                    fresh.discard(row[1])  # a second copy in this batch is a duplicate
                     kept.append(row)
+                else:
+                    duplicates[id(write)] = duplicates.get(id(write), 0) + 1
         return kept, duplicates
 
     def _finish(self, results: list[tuple[_Write, Any, BaseException | None]], grew: bool) -> None:
