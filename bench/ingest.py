@@ -258,11 +258,17 @@ def write_bodies(tmp: Path) -> dict[str, Any]:
     }
 
 
-def write_gateway_config(tmp: Path, port: int) -> Path:
-    """A config with one source and the ``file`` destination, everything under ``tmp``."""
+def write_gateway_config(tmp: Path, port: int, dedup_window_s: float | None = None) -> Path:
+    """A config with one source and the ``file`` destination, everything under ``tmp``.
+
+    ``dedup_window_s`` overrides the gateway's default messageId dedup window (0: off).
+    """
+    storage: dict[str, Any] = {"data_dir": str(tmp / "data")}
+    if dedup_window_s is not None:
+        storage["dedup_window_s"] = dedup_window_s
     config = {
         "server": {"host": "127.0.0.1", "port": port},
-        "storage": {"data_dir": str(tmp / "data")},
+        "storage": storage,
         "sources": [{"name": SOURCE, "write_keys": [WRITE_KEY]}],
         "destinations": [
             {
@@ -953,7 +959,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ref_port,
             tmp,
         )
-        config = write_gateway_config(tmp, gw_port)
+        config = write_gateway_config(tmp, gw_port, args.dedup_window_s)
         gateway = Server("gateway", gateway_argv(config, gw_port, tmp / "data"), gw_port, tmp)
         token = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
         scenarios = [
@@ -1226,6 +1232,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="py-spy the gateway during its measured runs"
     )
     parser.add_argument("--keep-tmp", action="store_true", help="keep a copy of the temp dir")
+    parser.add_argument(
+        "--dedup-window-s",
+        type=float,
+        help="the gateway's storage.dedup_window_s (default: the gateway's, 24 h; 0: off)",
+    )
     parser.add_argument("--serve-reference", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.duration < 1 or args.connections < 2:
