@@ -18,6 +18,7 @@ __all__ = [
     "BatchConfig",
     "CircuitConfig",
     "DestinationConfig",
+    "FlowConfig",
     "GatewayConfig",
     "LimitsConfig",
     "RetryConfig",
@@ -136,6 +137,16 @@ class CircuitConfig(_Model):
     """The longest pause between probes."""
 
 
+class FlowConfig(_Model):
+    """How hard the router may push one destination."""
+
+    max_in_flight: int | None = Field(None, ge=1)
+    """Batches being delivered at once (its workers, one per log shard, share it); unset: one
+    per shard."""
+    rate_limit_per_s: float | None = Field(None, gt=0)
+    """Events per second at most (a token bucket with a one-second burst); unset: no limit."""
+
+
 class DestinationConfig(_Model):
     """A destination: a name, a plugin type and that type's settings."""
 
@@ -145,6 +156,7 @@ class DestinationConfig(_Model):
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
     circuit: CircuitConfig = CircuitConfig()
+    flow: FlowConfig = FlowConfig()
     settings: dict[str, Any] = {}
 
 

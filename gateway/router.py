@@ -24,6 +24,7 @@ from gateway.circuit import CircuitBreaker
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.destination import Destination, Event, deliver
 from gateway.errors import RetryableDeliveryError
+from gateway.flow import FlowControl
 from gateway.log.base import DeadLetter, EventLog, PendingRetry, ReadResult
 from gateway.metrics import Metrics, observe_many
 from gateway.plugins import destination_types
@@ -70,9 +71,11 @@ class DestinationWorker:
         depth: _QueueDepth,
         shard: int = 0,
         circuit: CircuitBreaker | None = None,
+        flow: FlowControl | None = None,
     ) -> None:
         self.name = config.name
         self.circuit = circuit
+        self.flow = flow
         self.shard = shard
         self.config = config
         self.destination = destination
@@ -271,7 +274,11 @@ class DestinationWorker:
         """
         if self.circuit is not None and not self.circuit.allows():
             return False
-        outcomes = await deliver(self.destination, events)
+        if self.flow is not None:
+            async with self.flow.slot(len(events)):
+                outcomes = await deliver(self.destination, events)
+        else:
+            outcomes = await deliver(self.destination, events)
         now = time.time()
         latencies = [
             max(now - event.received_at, 0.0)
@@ -417,6 +424,7 @@ class Router:
             self.destinations[dest.name] = destination
             depth = _QueueDepth(self.metrics.queue_depth.labels(dest.name))
             circuit = self._circuit_for(dest)
+            flow = FlowControl(dest.flow, len(self.logs))
             self.workers[dest.name] = []
             for shard, event_log in enumerate(self.logs):
                 worker = DestinationWorker(
@@ -430,6 +438,7 @@ class Router:
                     depth=depth,
                     shard=shard,
                     circuit=circuit,
+                    flow=flow,
                 )
                 await worker.start()
                 self.workers[dest.name].append(worker)
