@@ -22,6 +22,7 @@ from gateway.dlq import DeadLetterFilter
 from gateway.errors import RequestRejectedError
 from gateway.ingress.body import parse_json, read_body
 from gateway.ingress.common import IngressState, json_response
+from gateway.stats import delivery_report
 
 __all__ = ["add_admin_routes"]
 
@@ -57,13 +58,14 @@ def _aware(value: datetime) -> datetime:
 
 
 def add_admin_routes(app: web.Application, config: GatewayConfig, state: IngressState) -> None:
-    """Register ``/admin/dead-letters`` (list, show, replay, purge)."""
+    """Register ``/admin/dead-letters`` (list, show, replay, purge) and the delivery view."""
     api = _AdminApi(config, config.storage.data_dir)
     routes: list[tuple[str, str, _Handler]] = [
         ("GET", "/admin/dead-letters", api.list_letters),
         ("GET", "/admin/dead-letters/{key}", api.show),
         ("POST", "/admin/dead-letters/replay", api.replay),
         ("POST", "/admin/dead-letters/purge", api.purge),
+        ("GET", "/admin/destinations/{name}/delivery", api.delivery),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, state.handler(api.guard(handler)))
@@ -71,6 +73,7 @@ def add_admin_routes(app: web.Application, config: GatewayConfig, state: Ingress
 
 class _AdminApi:
     def __init__(self, config: GatewayConfig, data_dir: Path) -> None:
+        self._destinations = {d.name for d in config.destinations}
         token = config.server.admin_token
         self._token = None if token is None else token.get_secret_value().encode()
         self._data_dir = data_dir
@@ -107,6 +110,14 @@ class _AdminApi:
         if row is None:
             raise RequestRejectedError(404, "not_found", "no such dead letter")
         return json_response(200, dlq.letter_json(row, with_body=True))
+
+    async def delivery(self, request: web.Request) -> web.Response:
+        """``GET /admin/destinations/{name}/delivery``: Segment's Event Delivery view."""
+        name = request.match_info["name"]
+        if name not in self._destinations:
+            raise RequestRejectedError(404, "not_found", "no such destination")
+        report = await asyncio.to_thread(delivery_report, self._data_dir, name)
+        return json_response(200, report)
 
     async def replay(self, request: web.Request) -> web.Response:
         """``POST /admin/dead-letters/replay`` with a JSON filter: re-enqueue the matches."""

@@ -29,6 +29,7 @@ from gateway.log.base import DeadLetter, EventLog, PendingRetry, ReadResult
 from gateway.metrics import Metrics, observe_many
 from gateway.plugins import destination_types
 from gateway.retry import RetryPolicy
+from gateway.stats import DeliveryTally
 
 __all__ = ["DestinationWorker", "Router"]
 
@@ -37,6 +38,7 @@ log = structlog.get_logger("eventgate.router")
 _IDLE_WAIT_S = 1.0
 _MIN_PAUSE_S = 0.05
 _COMPACT_EVERY_S = 10.0
+_STATS_EVERY_S = 5.0
 
 
 class _QueueDepth:
@@ -72,8 +74,10 @@ class DestinationWorker:
         shard: int = 0,
         circuit: CircuitBreaker | None = None,
         flow: FlowControl | None = None,
+        tally: DeliveryTally | None = None,
     ) -> None:
         self.name = config.name
+        self.tally = tally or DeliveryTally()
         self.circuit = circuit
         self.flow = flow
         self.shard = shard
@@ -306,6 +310,16 @@ class DestinationWorker:
                 give_up = self.retry_policy.give_up_reason(attempts, first_attempt_at, now)
                 if give_up is None:
                     delay = self.retry_policy.delay_s(attempts, outcome)
+                    self.tally.failed(
+                        self.name,
+                        now,
+                        event.message_id,
+                        outcome.reason,
+                        event.raw,
+                        outcome.request,
+                        outcome.response,
+                        dead=False,
+                    )
                     retries.append(
                         PendingRetry(
                             destination=self.name,
@@ -320,6 +334,16 @@ class DestinationWorker:
                     )
                     continue
             reason = outcome.reason if give_up is None else f"{outcome.reason}; {give_up}"
+            self.tally.failed(
+                self.name,
+                now,
+                event.message_id,
+                reason,
+                event.raw,
+                outcome.request,
+                outcome.response,
+                dead=True,
+            )
             dead.append(
                 DeadLetter(
                     destination=self.name,
@@ -339,6 +363,7 @@ class DestinationWorker:
             self._delivered.inc(delivered)
         if latencies:
             observe_many(self._latency, latencies)
+            self.tally.delivered(self.name, latencies, now)
         if done:
             await self.log.retries_done(self.name, done)
         if retries:
@@ -406,7 +431,9 @@ class Router:
         """Overrides every destination's own ``retry`` settings (tests set zero delays here)."""
         self.destinations: dict[str, Destination[Any]] = {}
         self.workers: dict[str, list[DestinationWorker]] = {}
+        self.tally = DeliveryTally()
         self._compactor: asyncio.Task[None] | None = None
+        self._stats_writer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open every enabled destination and start its workers.
@@ -439,10 +466,14 @@ class Router:
                     shard=shard,
                     circuit=circuit,
                     flow=flow,
+                    tally=self.tally,
                 )
                 await worker.start()
                 self.workers[dest.name].append(worker)
         self._compactor = asyncio.create_task(self._compact_forever(), name="eventgate-compactor")
+        self._stats_writer = asyncio.create_task(
+            self._write_stats_forever(), name="eventgate-stats"
+        )
 
     def _circuit_for(self, dest: DestinationConfig) -> CircuitBreaker | None:
         """The destination's circuit breaker, shared by its workers (``None`` if disabled)."""
@@ -475,11 +506,27 @@ class Router:
                 await self._compactor
         workers = [w for group in self.workers.values() for w in group]
         await asyncio.gather(*(w.stop(grace_s) for w in workers))
+        if self._stats_writer is not None:
+            self._stats_writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stats_writer
+        await self._write_stats()
         for name, destination in self.destinations.items():
             try:
                 await destination.close()
             except Exception:  # one plugin's failure must not stop the others closing
                 log.exception("router.close_failed", destination=name)
+
+    async def _write_stats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_STATS_EVERY_S)
+            await self._write_stats()
+
+    async def _write_stats(self) -> None:
+        try:
+            await asyncio.to_thread(self.tally.flush, self.config.storage.data_dir)
+        except Exception:  # statistics must never stop delivery
+            log.exception("router.stats_failed")
 
     async def _compact_forever(self) -> None:
         while True:
