@@ -308,31 +308,7 @@ class DestinationWorker:
             if isinstance(outcome, RetryableDeliveryError):
                 retryable += 1
                 give_up = self.retry_policy.give_up_reason(attempts, first_attempt_at, now)
-                if give_up is None:
-                    delay = self.retry_policy.delay_s(attempts, outcome)
-                    self.tally.failed(
-                        self.name,
-                        now,
-                        event.message_id,
-                        outcome.reason,
-                        event.raw,
-                        outcome.request,
-                        outcome.response,
-                        dead=False,
-                    )
-                    retries.append(
-                        PendingRetry(
-                            destination=self.name,
-                            event=event,
-                            attempts=attempts,
-                            first_attempt_at=first_attempt_at,
-                            next_attempt_at=now + delay,
-                            reason=outcome.reason,
-                            request=outcome.request,
-                            response=outcome.response,
-                        )
-                    )
-                    continue
+            will_retry = isinstance(outcome, RetryableDeliveryError) and give_up is None
             reason = outcome.reason if give_up is None else f"{outcome.reason}; {give_up}"
             self.tally.failed(
                 self.name,
@@ -342,20 +318,34 @@ class DestinationWorker:
                 event.raw,
                 outcome.request,
                 outcome.response,
-                dead=True,
+                dead=not will_retry,
             )
-            dead.append(
-                DeadLetter(
-                    destination=self.name,
-                    event=event,
-                    reason=reason,
-                    attempts=attempts,
-                    first_attempt_at=first_attempt_at,
-                    last_attempt_at=now,
-                    request=outcome.request,
-                    response=outcome.response,
+            if will_retry:
+                retries.append(
+                    PendingRetry(
+                        destination=self.name,
+                        event=event,
+                        attempts=attempts,
+                        first_attempt_at=first_attempt_at,
+                        next_attempt_at=now + self.retry_policy.delay_s(attempts, outcome),
+                        reason=reason,
+                        request=outcome.request,
+                        response=outcome.response,
+                    )
                 )
-            )
+            else:
+                dead.append(
+                    DeadLetter(
+                        destination=self.name,
+                        event=event,
+                        reason=reason,
+                        attempts=attempts,
+                        first_attempt_at=first_attempt_at,
+                        last_attempt_at=now,
+                        request=outcome.request,
+                        response=outcome.response,
+                    )
+                )
         delivered = len(events) - len(retries) - len(dead)
         if self.circuit is not None:
             self.circuit.record(delivered=delivered, retryable_failures=retryable)
