@@ -133,6 +133,27 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.in_flight = Gauge(
+            "eventgate_in_flight",
+            "Events being delivered right now, by destination",
+            ["destination"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.oldest_pending_age = Gauge(
+            "eventgate_oldest_pending_age_seconds",
+            "Age (since receivedAt) of the oldest event the destination has not reached yet",
+            ["destination"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.attempt_duration = Histogram(
+            "eventgate_delivery_attempt_seconds",
+            "How long one delivery attempt (a batch, or one event) took",
+            ["destination"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.end_to_end_latency = Histogram(
             "eventgate_end_to_end_latency_seconds",
             "Time from receivedAt to delivered",

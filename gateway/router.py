@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pluggy
@@ -23,7 +23,7 @@ import structlog
 from gateway.circuit import CircuitBreaker
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.destination import Destination, Event, deliver
-from gateway.errors import RetryableDeliveryError
+from gateway.errors import DeliveryError, RetryableDeliveryError
 from gateway.flow import FlowControl
 from gateway.log.base import DeadLetter, EventLog, PendingRetry, ReadResult
 from gateway.metrics import Metrics, observe_many
@@ -42,15 +42,17 @@ _STATS_EVERY_S = 5.0
 
 
 class _QueueDepth:
-    """A destination's queue depth: the sum over its workers (one per shard)."""
+    """A per-destination gauge combined over its workers (one per shard): the sum of their
+    queue depths, or the max of their oldest-pending ages."""
 
-    def __init__(self, gauge: Any) -> None:
+    def __init__(self, gauge: Any, combine: Callable[[Iterable[float]], float] = sum) -> None:
         self.gauge = gauge
-        self.by_shard: dict[int, int] = {}
+        self.combine = combine
+        self.by_shard: dict[int, float] = {}
 
-    def set(self, shard: int, depth: int) -> None:
-        self.by_shard[shard] = depth
-        self.gauge.set(sum(self.by_shard.values()))
+    def set(self, shard: int, value: float) -> None:
+        self.by_shard[shard] = value
+        self.gauge.set(self.combine(self.by_shard.values()))
 
 
 class DestinationWorker:
@@ -75,6 +77,7 @@ class DestinationWorker:
         circuit: CircuitBreaker | None = None,
         flow: FlowControl | None = None,
         tally: DeliveryTally | None = None,
+        age: _QueueDepth | None = None,
     ) -> None:
         self.name = config.name
         self.tally = tally or DeliveryTally()
@@ -100,6 +103,9 @@ class DestinationWorker:
         self._delivered = metrics.delivered.labels(self.name)
         self._latency = metrics.end_to_end_latency.labels(self.name)
         self._depth = depth
+        self._age = age or _QueueDepth(metrics.oldest_pending_age.labels(self.name), max)
+        self._in_flight = metrics.in_flight.labels(self.name)
+        self._attempt_duration = metrics.attempt_duration.labels(self.name)
 
     async def start(self) -> None:
         """Start delivering from the saved cursor (the router opens the destination)."""
@@ -181,6 +187,8 @@ class DestinationWorker:
                     result = await self.log.read(self.cursor, batch_config.max_events, self.sources)
                 self._depth.set(self.shard, max(result.newest - self.cursor, 0))
                 events = result.events
+                oldest = events[0].received_at if events else None
+                self._age.set(self.shard, 0.0 if oldest is None else time.time() - oldest)
                 if not events:
                     if result.scanned_to > self.cursor:
                         self.cursor = result.scanned_to
@@ -278,11 +286,7 @@ class DestinationWorker:
         """
         if self.circuit is not None and not self.circuit.allows():
             return False
-        if self.flow is not None:
-            async with self.flow.slot(len(events)):
-                outcomes = await deliver(self.destination, events)
-        else:
-            outcomes = await deliver(self.destination, events)
+        outcomes = await self._send(events)
         now = time.time()
         latencies = [
             max(now - event.received_at, 0.0)
@@ -362,6 +366,19 @@ class DestinationWorker:
             await self._bury(dead)
         return True
 
+    async def _send(self, events: Sequence[Event]) -> list[DeliveryError | None]:
+        """Hand ``events`` to the plugin within the destination's flow limits, timed."""
+        self._in_flight.inc(len(events))
+        started = time.monotonic()
+        try:
+            if self.flow is None:
+                return await deliver(self.destination, events)
+            async with self.flow.slot(len(events)):
+                return await deliver(self.destination, events)
+        finally:
+            self._in_flight.dec(len(events))
+            self._attempt_duration.observe(time.monotonic() - started)
+
     async def _schedule(self, retries: list[PendingRetry]) -> None:
         await self.log.schedule_retries(retries)
         self.metrics.delivery_failures.labels(self.name, "true").inc(len(retries))
@@ -440,6 +457,7 @@ class Router:
             await destination.open()
             self.destinations[dest.name] = destination
             depth = _QueueDepth(self.metrics.queue_depth.labels(dest.name))
+            age = _QueueDepth(self.metrics.oldest_pending_age.labels(dest.name), max)
             circuit = self._circuit_for(dest)
             flow = FlowControl(dest.flow, len(self.logs))
             self.workers[dest.name] = []
@@ -457,6 +475,7 @@ class Router:
                     circuit=circuit,
                     flow=flow,
                     tally=self.tally,
+                    age=age,
                 )
                 await worker.start()
                 self.workers[dest.name].append(worker)

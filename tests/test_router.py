@@ -411,3 +411,15 @@ async def test_circuit_pauses_a_failing_destination(start: Harness, recorder: Re
     assert router.workers["rec"][0].cursor == 1
     await eventually(lambda: len(recorder.delivered.get("rec", [])) == 5)
     assert router.metrics.circuit_open.labels("rec")._value.get() == 0
+
+
+async def test_delivery_gauges_and_attempt_durations(start: Harness, recorder: Recorder) -> None:
+    """Attempts are timed, nothing is left in flight, and the oldest-pending age falls to 0
+    once the destination has caught up."""
+    router, event_log = await start([dest()])
+    await event_log.append(make_events(3))
+    await eventually(lambda: len(recorder.delivered.get("rec", [])) == 3)
+    metrics = router.metrics
+    assert metrics.attempt_duration.labels("rec")._sum.get() > 0
+    assert metrics.in_flight.labels("rec")._value.get() == 0
+    await eventually(lambda: metrics.oldest_pending_age.labels("rec")._value.get() == 0)
