@@ -95,3 +95,51 @@ async def test_every_event_ends_delivered_or_dead_lettered(tmp_path: Path) -> No
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.kill()
         await server.close()
+
+
+async def test_kill_9_during_batch_delivery_loses_nothing(tmp_path: Path) -> None:
+    """A gateway killed while a slow receiver is holding a batch redelivers it after restart:
+    every acknowledged event arrives at least once, duplicates only from the batch in hand."""
+    received: list[str] = []
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        batch = orjson.loads(await request.read())
+        if not release.is_set():
+            await asyncio.sleep(30)  # never answers before the kill
+        received.extend(m["messageId"] for m in batch)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", slow)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    gateway = Gateway(
+        tmp_path,
+        destinations=[
+            {
+                "name": "hook",
+                "type": "webhook",
+                "batch": {"max_events": 100, "max_age_s": 0.05},
+                "settings": {"url": str(server.make_url("/hook")), "mode": "batch"},
+            }
+        ],
+    )
+    ids = [f"inflight-{i}" for i in range(60)]
+    try:
+        await asyncio.to_thread(gateway.start)
+        assert await asyncio.to_thread(post_batch, gateway, ids) == 200
+        await asyncio.sleep(1.0)  # the batch is now held by the receiver
+        assert received == []
+        await asyncio.to_thread(gateway.kill)
+        release.set()
+        await asyncio.to_thread(gateway.start)
+        deadline = time.monotonic() + 30
+        while not set(ids) <= set(received):
+            assert time.monotonic() < deadline, f"{len(set(received))} of 60 arrived"
+            await asyncio.sleep(0.05)
+        assert len(received) - len(set(received)) <= 100
+    finally:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.kill()
+        await server.close()
