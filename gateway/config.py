@@ -157,6 +157,9 @@ class DestinationConfig(_Model):
     retry: RetryConfig = RetryConfig()
     circuit: CircuitConfig = CircuitConfig()
     flow: FlowConfig = FlowConfig()
+    ordering: Literal["none", "per_user"] = "none"
+    """``per_user``: a user's later events wait behind their earlier event while it is retried
+    (other users keep flowing); at most one event per user is sent at a time while one waits."""
     settings: dict[str, Any] = {}
 
 

@@ -39,6 +39,8 @@ _IDLE_WAIT_S = 1.0
 _MIN_PAUSE_S = 0.05
 _COMPACT_EVERY_S = 10.0
 _STATS_EVERY_S = 5.0
+_REPLAYED = "replayed"  # the reason `eventgate dlq replay` gives a re-enqueued dead letter
+_HELD = "waiting behind an earlier event of this user"
 
 
 class _QueueDepth:
@@ -80,6 +82,7 @@ class DestinationWorker:
         age: _QueueDepth | None = None,
     ) -> None:
         self.name = config.name
+        self._per_user = config.ordering == "per_user"
         self.tally = tally or DeliveryTally()
         self.circuit = circuit
         self.flow = flow
@@ -266,11 +269,11 @@ class DestinationWorker:
         if not due:
             self._next_retry_at = await self.log.next_retry_at(self.name)
             return False
-        replays = sum(1 for item in due if item.attempts == 0)
+        replays = sum(1 for item in due if item.reason == _REPLAYED)
         if replays:
             self.metrics.replayed.labels(self.name).inc(replays)
             log.info("delivery.replaying", destination=self.name, events=replays)
-        self.metrics.retried.labels(self.name).inc(len(due) - replays)
+        self.metrics.retried.labels(self.name).inc(sum(1 for item in due if item.attempts))
         await self._attempt([item.event for item in due], due)
         self._next_retry_at = await self.log.next_retry_at(self.name)
         return True
@@ -284,6 +287,10 @@ class DestinationWorker:
         (``None`` for a first attempt). Returns ``False`` without sending anything while the
         destination's circuit is open.
         """
+        if self._per_user:
+            events, previous = await self._hold_out_of_order(events, previous)
+            if not events:
+                return True
         if self.circuit is not None and not self.circuit.allows():
             return False
         outcomes = await self._send(events)
@@ -335,6 +342,7 @@ class DestinationWorker:
                         reason=reason,
                         request=outcome.request,
                         response=outcome.response,
+                        user_key=self._user_key(event) if self._per_user else None,
                     )
                 )
             else:
@@ -365,6 +373,55 @@ class DestinationWorker:
         if dead:
             await self._bury(dead)
         return True
+
+    @staticmethod
+    def _user_key(event: Event) -> str | None:
+        message = event.message
+        user = message.get("userId") or message.get("anonymousId")
+        return None if user is None else str(user)
+
+    async def _hold_out_of_order(
+        self, events: Sequence[Event], previous: Sequence[PendingRetry] | None
+    ) -> tuple[list[Event], list[PendingRetry] | None]:
+        """``ordering: per_user``: keep, per user, only their earliest pending event; write the
+        others to the retry table behind it (due with it). Returns what may be sent now."""
+        keys = [self._user_key(event) for event in events]
+        users = sorted({key for key in keys if key is not None})
+        pending = await self.log.first_pending_of(self.name, users) if users else {}
+        head: dict[str, int] = {user: seq for user, (seq, _) in pending.items()}
+        for event, key in zip(events, keys, strict=True):
+            if key is not None:
+                head[key] = min(head.get(key, event.seq), event.seq)
+        now = time.time()
+        send: list[Event] = []
+        send_previous: list[PendingRetry] = []
+        held: list[PendingRetry] = []
+        for index, (event, key) in enumerate(zip(events, keys, strict=True)):
+            prior = previous[index] if previous is not None else None
+            if key is None or head[key] == event.seq:
+                send.append(event)
+                if prior is not None:
+                    send_previous.append(prior)
+                continue
+            held.append(
+                PendingRetry(
+                    destination=self.name,
+                    event=event,
+                    attempts=0 if prior is None else prior.attempts,
+                    first_attempt_at=now if prior is None else prior.first_attempt_at,
+                    next_attempt_at=max(pending.get(key, (0, now))[1], now),
+                    reason=_HELD if prior is None else prior.reason,
+                    request=None if prior is None else prior.request,
+                    response=None if prior is None else prior.response,
+                    user_key=key,
+                )
+            )
+        if held:
+            await self.log.schedule_retries(held)
+            first_due = min(h.next_attempt_at for h in held)
+            if self._next_retry_at is None or first_due < self._next_retry_at:
+                self._next_retry_at = first_due
+        return send, (send_previous if previous is not None else None)
 
     async def _send(self, events: Sequence[Event]) -> list[DeliveryError | None]:
         """Hand ``events`` to the plugin within the destination's flow limits, timed."""

@@ -36,6 +36,8 @@ class RecordingSettings(BaseModel):
     """Raise a plain exception (a plugin bug) for this many attempts."""
     retry_after_s: float = 0
     """The retry hint sent with each retryable failure."""
+    fail_ids: dict[str, int] = {}
+    """messageId -> how many of its attempts fail (retryably) before it is accepted."""
 
 
 class Recorder:
@@ -46,6 +48,7 @@ class Recorder:
         self.batches: dict[str, list[int]] = {}
         self.attempts = 0
         self.finished: list[tuple[str, str, str]] = []
+        self.failures_left: dict[str, int] = {}
 
     @hookimpl
     def register_destination_types(self) -> list[type[Any]]:
@@ -69,7 +72,13 @@ class Recorder:
                 self.store.batches.setdefault(self.name, []).append(len(events))
                 outcomes: list[DeliveryError | None] = []
                 for event in events:
-                    if event.message_id in self.settings.reject:
+                    left = self.store.failures_left.setdefault(
+                        event.message_id, self.settings.fail_ids.get(event.message_id, 0)
+                    )
+                    if left:
+                        self.store.failures_left[event.message_id] = left - 1
+                        outcomes.append(RetryableDeliveryError("HTTP 503", retry_after_s=0))
+                    elif event.message_id in self.settings.reject:
                         outcomes.append(PermanentDeliveryError("HTTP 400", response="bad"))
                     else:
                         self.store.delivered.setdefault(self.name, []).append(event.message_id)
@@ -423,3 +432,38 @@ async def test_delivery_gauges_and_attempt_durations(start: Harness, recorder: R
     assert metrics.attempt_duration.labels("rec")._sum.get() > 0
     assert metrics.in_flight.labels("rec")._value.get() == 0
     await eventually(lambda: metrics.oldest_pending_age.labels("rec")._value.get() == 0)
+
+
+def user_events(*pairs: tuple[str, str]) -> list[NormalizedEvent]:
+    """Track events with the given (messageId, userId) pairs."""
+    return [
+        NormalizedEvent(
+            "web", message_id, time.time(), b'{"type":"track","userId":"%s"}' % user.encode()
+        )
+        for message_id, user in pairs
+    ]
+
+
+@pytest.mark.parametrize("ordering", ["per_user", "none"])
+async def test_per_user_ordering(start: Harness, recorder: Recorder, ordering: str) -> None:
+    """With ordering: per_user a user's later events wait behind their retrying event while
+    other users flow; without it they overtake it."""
+    destination = dest(fail_ids={"a1": 2})
+    destination["ordering"] = ordering
+    _, event_log = await start([destination])
+    await event_log.append(
+        user_events(("a1", "A"), ("b1", "B"), ("a2", "A"), ("b2", "B"), ("a3", "A"))
+    )
+    await eventually(lambda: len(recorder.delivered.get("rec", [])) == 5)
+    delivered = recorder.delivered["rec"]
+    user_a = [m for m in delivered if m.startswith("a")]
+    if ordering == "per_user":
+        assert user_a == ["a1", "a2", "a3"]
+    else:
+        assert user_a == ["a2", "a3", "a1"]
+    assert delivered.index("b2") < delivered.index("a1")  # B never waited for A
+    for _ in range(200):  # the last delivery's bookkeeping commits just after the send
+        if await event_log.count_retries("rec") == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await event_log.count_retries("rec") == 0

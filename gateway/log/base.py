@@ -55,6 +55,8 @@ class PendingRetry:
     reason: str
     request: str | None = None
     response: str | None = None
+    user_key: str | None = None
+    """The event's user (``ordering: per_user``): its later events wait behind it."""
 
 
 class EventLog(Protocol):
@@ -102,6 +104,12 @@ class EventLog(Protocol):
 
     async def due_retries(self, destination: str, now: float, limit: int) -> list[PendingRetry]:
         """Up to ``limit`` of the destination's retries due at ``now``, oldest due first."""
+
+    async def first_pending_of(
+        self, destination: str, user_keys: Sequence[str]
+    ) -> dict[str, tuple[int, float]]:
+        """Per user: the sequence number and next attempt time of their earliest pending
+        retry for the destination (users without one are absent)."""
 
     async def next_retry_at(self, destination: str) -> float | None:
         """When the destination's next retry is due, or ``None`` if none is pending."""

@@ -79,9 +79,11 @@ CREATE TABLE IF NOT EXISTS retries (
     reason TEXT NOT NULL,
     request TEXT,
     response TEXT,
+    user_key TEXT,
     PRIMARY KEY (destination, seq)
 );
 CREATE INDEX IF NOT EXISTS retries_due ON retries (destination, next_attempt_at);
+CREATE INDEX IF NOT EXISTS retries_by_user ON retries (destination, user_key, seq);
 CREATE TABLE IF NOT EXISTS seen (
     message_id TEXT NOT NULL UNIQUE,
     at REAL NOT NULL
@@ -270,6 +272,7 @@ class SqliteEventLog:
                 r.reason,
                 r.request,
                 r.response,
+                r.user_key,
             )
             for r in retries
         ]
@@ -278,7 +281,7 @@ class SqliteEventLog:
             conn.executemany(
                 "INSERT OR REPLACE INTO retries (destination, seq, source, message_id, "
                 "received_at, body, attempts, first_attempt_at, next_attempt_at, reason, "
-                "request, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "request, response, user_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -300,23 +303,29 @@ class SqliteEventLog:
             assert self._reader_conn is not None
             rows = self._reader_conn.execute(
                 "SELECT seq, source, message_id, received_at, body, attempts, first_attempt_at, "
-                "next_attempt_at, reason, request, response FROM retries "
-                "WHERE destination = ? AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+                "next_attempt_at, reason, request, response, user_key FROM retries "
+                "WHERE destination = ? AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, seq LIMIT ?",
                 (destination, now, limit),
             ).fetchall()
-            return [
-                PendingRetry(
-                    destination=destination,
-                    event=Event(seq=seq, source=src, message_id=mid, raw=body, received_at=at),
-                    attempts=attempts,
-                    first_attempt_at=first,
-                    next_attempt_at=due,
-                    reason=reason,
-                    request=request,
-                    response=response,
-                )
-                for seq, src, mid, at, body, attempts, first, due, reason, request, response in rows
-            ]
+            return [_pending_retry(destination, row) for row in rows]
+
+        return await self._on_reader(query)
+
+    async def first_pending_of(
+        self, destination: str, user_keys: Sequence[str]
+    ) -> dict[str, tuple[int, float]]:
+        """Per user: seq and next attempt time of their earliest pending retry."""
+        keys = orjson.dumps(list(user_keys)).decode()
+
+        def query() -> dict[str, tuple[int, float]]:
+            assert self._reader_conn is not None
+            rows = self._reader_conn.execute(
+                "SELECT user_key, MIN(seq), next_attempt_at FROM retries WHERE destination = ? "
+                "AND user_key IN (SELECT value FROM json_each(?)) GROUP BY user_key",
+                (destination, keys),
+            ).fetchall()
+            return {user: (int(seq), float(due)) for user, seq, due in rows}
 
         return await self._on_reader(query)
 
@@ -652,6 +661,21 @@ class SqliteEventLog:
 
     async def _on_reader(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
+
+
+def _pending_retry(destination: str, row: tuple[Any, ...]) -> PendingRetry:
+    seq, source, message_id, at, body, attempts, first, due, reason, request, response, user = row
+    return PendingRetry(
+        destination=destination,
+        event=Event(seq=seq, source=source, message_id=message_id, raw=body, received_at=at),
+        attempts=attempts,
+        first_attempt_at=first,
+        next_attempt_at=due,
+        reason=reason,
+        request=request,
+        response=response,
+        user_key=user,
+    )
 
 
 def shard_path(data_dir: Path, shard: int) -> Path:
