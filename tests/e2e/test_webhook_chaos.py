@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway import dlq
 from gateway.dlq import DeadLetterFilter
+from tests.conftest import WRITE_KEY, basic
 from tests.e2e.conftest import Gateway
 from tests.e2e.test_lifecycle import post_batch
 
@@ -143,3 +145,104 @@ async def test_kill_9_during_batch_delivery_loses_nothing(tmp_path: Path) -> Non
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.kill()
         await server.close()
+
+
+class MisbehavingReceiver:
+    """Per messageId prefix: ``gone-*`` 410 always; ``slow-*`` answers the first attempt after
+    the gateway's timeout; ``reset-*`` drops the connection on the first attempt; ``u-*``
+    (one user's events, ordered) fail their first two attempts for ``u-0`` only."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = defaultdict(int)
+        self.delivered: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        message_id = request.headers["webhook-id"]
+        await request.read()
+        self.attempts[message_id] += 1
+        first = self.attempts[message_id] == 1
+        if message_id.startswith("gone-"):
+            return web.Response(status=410, text="this hook was deleted")
+        if message_id.startswith("slow-") and first:
+            await asyncio.sleep(3)
+        if message_id.startswith("reset-") and first:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=204)
+        if message_id == "u-0" and self.attempts[message_id] <= 2:
+            return web.Response(status=503)
+        self.delivered.append(message_id)
+        return web.Response(status=204)
+
+
+async def test_timeouts_resets_410_and_per_user_order(tmp_path: Path) -> None:
+    """Through the real process: a timed-out and a reset delivery are retried and arrive, a 410
+    is dead-lettered as gone without a retry, and with ordering: per_user a user's later events
+    wait behind their retrying first event while other users' events arrive."""
+    receiver = MisbehavingReceiver()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    gateway = Gateway(
+        tmp_path,
+        ingress_processes=0,  # one shard: per-user order is kept per shard
+        destinations=[
+            {
+                "name": "hook",
+                "type": "webhook",
+                "ordering": "per_user",
+                "batch": {"max_events": 50, "max_age_s": 0.05},
+                "retry": {"base_delay_s": 0.05, "max_delay_s": 0.2},
+                "circuit": {"enabled": False},
+                "settings": {"url": str(server.make_url("/hook")), "timeout_s": 1},
+            }
+        ],
+    )
+    ordered = [f"u-{i}" for i in range(4)]
+    others = ["slow-1", "reset-1", "other-1", "other-2"]
+    try:
+        await asyncio.to_thread(gateway.start)
+        body = orjson.dumps(
+            {
+                "batch": [
+                    {"type": "track", "event": "E", "messageId": m, "userId": "user-u"}
+                    for m in ordered
+                ]
+                + [
+                    {"type": "track", "event": "E", "messageId": m, "userId": m}
+                    for m in [*others, "gone-1"]
+                ]
+            }
+        )
+        status = await asyncio.to_thread(_post_raw, gateway, body)
+        assert status == 200
+        deadline = time.monotonic() + 30
+        while not set(ordered + others) <= set(receiver.delivered):
+            assert time.monotonic() < deadline, f"delivered {receiver.delivered}"
+            await asyncio.sleep(0.05)
+        assert [m for m in receiver.delivered if m.startswith("u-")] == ordered
+        assert receiver.delivered.index("other-1") < receiver.delivered.index("u-0")
+        assert receiver.attempts["slow-1"] >= 2
+        assert receiver.attempts["reset-1"] >= 2
+        while not dlq.list_letters(gateway.root / "data", DeadLetterFilter(destination="hook")):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        [gone] = dlq.list_letters(gateway.root / "data", DeadLetterFilter())
+        assert gone.message_id == "gone-1"
+        assert "410" in gone.reason
+        assert receiver.attempts["gone-1"] == 1
+    finally:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.kill()
+        await server.close()
+
+
+def _post_raw(gateway: Gateway, body: bytes) -> int:
+    """POST a ready /v1/batch body; return the status."""
+    request = urllib.request.Request(
+        f"{gateway.url}/v1/batch", data=body, headers=basic(WRITE_KEY), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        status: int = response.status
+        return status
