@@ -95,6 +95,13 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.filtered = Counter(
+            "eventgate_events_filtered",
+            "Events a destination did not receive by rule (source_not_routed: the event's source "
+            "does not feed this destination)",
+            ["destination", "rule"],
+            registry=r,
+        )
         self.delivery_failures = Counter(
             "eventgate_delivery_failures",
             "Failed delivery attempts, by destination and whether they will be retried",

@@ -108,6 +108,7 @@ class DestinationWorker:
         self._depth = depth
         self._age = age or _QueueDepth(metrics.oldest_pending_age.labels(self.name), max)
         self._in_flight = metrics.in_flight.labels(self.name)
+        self._not_routed = metrics.filtered.labels(self.name, "source_not_routed")
         self._attempt_duration = metrics.attempt_duration.labels(self.name)
 
     async def start(self) -> None:
@@ -177,6 +178,14 @@ class DestinationWorker:
             for waiter in waiters:
                 waiter.cancel()
 
+    def _note_read(self, result: ReadResult) -> None:
+        """Update the gauges a read tells about, and count the events it left out."""
+        self._depth.set(self.shard, max(result.newest - self.cursor, 0))
+        if result.skipped:
+            self._not_routed.inc(result.skipped)
+        oldest = result.events[0].received_at if result.events else None
+        self._age.set(self.shard, 0.0 if oldest is None else time.time() - oldest)
+
     async def _run(self) -> None:
         batch_config = self.config.batch
         prefetch: asyncio.Future[ReadResult] | None = None
@@ -188,10 +197,8 @@ class DestinationWorker:
                     result, prefetch = await prefetch, None
                 else:
                     result = await self.log.read(self.cursor, batch_config.max_events, self.sources)
-                self._depth.set(self.shard, max(result.newest - self.cursor, 0))
+                self._note_read(result)
                 events = result.events
-                oldest = events[0].received_at if events else None
-                self._age.set(self.shard, 0.0 if oldest is None else time.time() - oldest)
                 if not events:
                     if result.scanned_to > self.cursor:
                         self.cursor = result.scanned_to

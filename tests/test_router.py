@@ -276,16 +276,20 @@ async def test_pending_retries_survive_a_restart(start: Harness, recorder: Recor
 
 
 async def test_sources_feed_only_their_destinations(start: Harness, recorder: Recorder) -> None:
-    """A destination receives only the sources configured to feed it."""
+    """A destination receives only the sources configured to feed it; the others are counted
+    as filtered with the rule that left them out."""
     sources = [
         {"name": "web", "write_keys": ["k1"], "destinations": ["a"]},
         {"name": "ios", "write_keys": ["k2"]},
     ]
-    _, event_log = await start([dest("a"), dest("b")], sources)
+    router, event_log = await start([dest("a"), dest("b")], sources)
     await event_log.append(make_events(2, "web") + make_events(2, "ios", start=2))
     await eventually(lambda: len(recorder.delivered.get("b", [])) == 2)
     await eventually(lambda: len(recorder.delivered.get("a", [])) == 4)
     assert recorder.delivered["b"] == ["m2", "m3"]
+    filtered = router.metrics.filtered.labels("b", "source_not_routed")
+    await eventually(lambda: filtered._value.get() == 2)
+    assert router.metrics.filtered.labels("a", "source_not_routed")._value.get() == 0
 
 
 async def test_new_destination_starts_at_the_end(start: Harness, recorder: Recorder) -> None:

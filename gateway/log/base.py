@@ -24,6 +24,8 @@ class ReadResult:
     events: list[Event]
     scanned_to: int
     newest: int
+    skipped: int = 0
+    """Rows scanned but left out because their source does not feed the destination."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -624,7 +624,12 @@ class SqliteEventLog:
             ]
             scanned_to = rows[-1][0] if rows else after
             newest = max(self._newest_seq(), scanned_to)
-            return ReadResult(events=events, scanned_to=scanned_to, newest=newest)
+            return ReadResult(
+                events=events,
+                scanned_to=scanned_to,
+                newest=newest,
+                skipped=len(rows) - len(events),
+            )
 
         result = await self._on_reader(query)
         self._last_seq = max(self._last_seq, result.newest)
