@@ -247,10 +247,19 @@ class DestinationWorker:
         return max(min(wait_s, self._next_retry_at - time.time()), 0.0)
 
     async def _pause(self) -> None:
-        """Wait while the circuit is open (until a probe may go, or a stop is requested)."""
+        """Wait while the circuit is open (until a probe may go, or a stop is requested),
+        keeping the queue-depth gauge current as the backlog grows."""
         wait_s = self.circuit.wait_s() if self.circuit is not None else 0.0
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_requested.wait(), max(wait_s, _MIN_PAUSE_S))
+        # At least a moment: another worker's probe may be out, with nothing to wait for here.
+        deadline = time.monotonic() + max(wait_s, _MIN_PAUSE_S)
+        while True:
+            newest = await self.log.refresh()
+            self._depth.set(self.shard, max(newest - self.cursor, 0))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), min(remaining, _IDLE_WAIT_S))
 
     async def _deliver_first_attempt(self, events: Sequence[Event]) -> bool:
         """Deliver new events once; what fails goes to the retry table or the dead letters.
