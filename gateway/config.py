@@ -78,7 +78,8 @@ class StorageConfig(_Model):
     """The ``Retry-After`` sent with a 503 when storage cannot accept."""
     dedup_window_s: float = Field(86_400.0, ge=0)
     """An event whose messageId was accepted this recently (by any source) is acknowledged but
-    not stored again; 0 turns deduplication off. Costs about 80 bytes of disk per event."""
+    not stored again; 0 turns deduplication off. Costs 75-110 bytes of disk per event (more
+    for longer messageIds)."""
 
 
 class SourceConfig(_Model):

@@ -16,10 +16,17 @@ from tests.e2e.conftest import Gateway
 
 
 def post_batch(gateway: Gateway, ids: list[str]) -> int:
-    """POST one /v1/batch with the standard library; return the status."""
-    body = orjson.dumps(
-        {"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": m} for m in ids]}
+    """POST one /v1/batch of track events with these messageIds; return the status."""
+    return post_body(
+        gateway,
+        orjson.dumps(
+            {"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": m} for m in ids]}
+        ),
     )
+
+
+def post_body(gateway: Gateway, body: bytes) -> int:
+    """POST a ready /v1/batch body with the standard library; return the status."""
     request = urllib.request.Request(
         f"{gateway.url}/v1/batch", data=body, headers=basic(WRITE_KEY), method="POST"
     )

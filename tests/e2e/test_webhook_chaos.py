@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,9 +14,8 @@ from aiohttp.test_utils import TestServer
 
 from gateway import dlq
 from gateway.dlq import DeadLetterFilter
-from tests.conftest import WRITE_KEY, basic
 from tests.e2e.conftest import Gateway
-from tests.e2e.test_lifecycle import post_batch
+from tests.e2e.test_lifecycle import post_batch, post_body
 
 RETRY_AFTER_S = 1
 
@@ -215,7 +213,7 @@ async def test_timeouts_resets_410_and_per_user_order(tmp_path: Path) -> None:
                 ]
             }
         )
-        status = await asyncio.to_thread(_post_raw, gateway, body)
+        status = await asyncio.to_thread(post_body, gateway, body)
         assert status == 200
         deadline = time.monotonic() + 30
         while not set(ordered + others) <= set(receiver.delivered):
@@ -236,13 +234,3 @@ async def test_timeouts_resets_410_and_per_user_order(tmp_path: Path) -> None:
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.kill()
         await server.close()
-
-
-def _post_raw(gateway: Gateway, body: bytes) -> int:
-    """POST a ready /v1/batch body; return the status."""
-    request = urllib.request.Request(
-        f"{gateway.url}/v1/batch", data=body, headers=basic(WRITE_KEY), method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        status: int = response.status
-        return status
