@@ -312,6 +312,8 @@ def parse_config(
     data = interpolate_env(data, os.environ if env is None else env, "", problems)
     if problems:
         raise ConfigError([f"{file}: {p}" for p in problems])
+    if plugin_manager is not None:
+        _apply_type_defaults(data.get("destinations"), plugin_manager)
     config: GatewayConfig | None = None
     try:
         config = GatewayConfig.model_validate(data)
@@ -322,6 +324,20 @@ def parse_config(
     if problems or config is None:
         raise ConfigError(problems)
     return config
+
+
+def _apply_type_defaults(destinations: Any, plugin_manager: pluggy.PluginManager) -> None:
+    """Give each destination without a ``batch`` key its type's ``default_batch``."""
+    from gateway.plugins import destination_types  # noqa: PLC0415 - avoids an import cycle
+
+    if not isinstance(destinations, list):
+        return
+    types = destination_types(plugin_manager)
+    for dest in destinations:
+        if isinstance(dest, dict) and "batch" not in dest and dest.get("type") in types:
+            default = types[dest["type"]].cls.default_batch
+            if default is not None:
+                dest["batch"] = dict(default)
 
 
 def _destination_problems(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar, final
 
 import orjson
@@ -78,16 +78,46 @@ class Destination(abc.ABC, Generic[SettingsT]):
     type_name: ClassVar[str]
     display_name: ClassVar[str] = ""
     settings_model: ClassVar[type[BaseModel]] = NoSettings
+    default_batch: ClassVar[Mapping[str, float] | None] = None
+    """The ``batch`` config (``max_events``, ``max_age_s``) of a destination of this type whose
+    YAML gives none; ``None``: the router's defaults."""
+    supports_user_deletion: ClassVar[bool] = False
+    """Whether :meth:`delete_user` is implemented (privacy deletion requests call it)."""
 
     def __init__(self, name: str, settings: SettingsT) -> None:
         self.name = name
         self.settings = settings
+        self._count: Callable[[str, int], None] | None = None
+
+    @final
+    def count(self, what: str, amount: int = 1) -> None:
+        """Add ``amount`` to ``eventgate_destination_counts_total{destination, what}``.
+
+        For what only the plugin can see (e.g. ``unmapped_values`` in a warehouse); delivered,
+        failed and retried events are counted by the router already. ``what`` is a short
+        snake_case name; keep the set of names small and fixed.
+        """
+        if self._count is not None:
+            self._count(what, amount)
+
+    @final
+    def bind_counter(self, count: Callable[[str, int], None]) -> None:
+        """Send :meth:`count` to ``count``; the router calls this, plugins never need to."""
+        self._count = count
 
     async def open(self) -> None:
         """Acquire connections or files before the first delivery; optional."""
 
     async def close(self) -> None:
         """Release what :meth:`open` acquired; called once at shutdown; optional."""
+
+    async def delete_user(self, user_id: str) -> int:
+        """Delete what this destination holds about ``user_id``; the number of records deleted.
+
+        Implement it (and set ``supports_user_deletion = True``) if the destination can forget
+        a user. Raise :class:`~gateway.RetryableDeliveryError` if it cannot right now.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support deleting a user")
 
     @abc.abstractmethod
     async def send(self, event: Event) -> None:

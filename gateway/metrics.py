@@ -168,6 +168,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.destination_counts = Counter(
+            "eventgate_destination_counts",
+            "What a destination plugin counted itself, by destination and what (e.g. a "
+            "warehouse's unmapped_values)",
+            ["destination", "what"],
+            registry=r,
+        )
         self.log_bytes = Gauge(
             "eventgate_log_bytes",
             "Bytes the durable log occupies on disk",

@@ -27,7 +27,11 @@ hookimpl = pluggy.HookimplMarker("eventgate")
 ENTRY_POINT_GROUP = "eventgate"
 
 # Built-ins are ordinary plugins, loaded through the same path as third-party entry points.
-BUILTIN_PLUGINS: tuple[str, ...] = ("destinations.file", "destinations.webhook")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "destinations.file",
+    "destinations.warehouse",
+    "destinations.webhook",
+)
 
 
 @dataclass(frozen=True, slots=True)

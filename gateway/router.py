@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -527,6 +528,7 @@ class Router:
                 continue
             cls = types[dest.type].cls
             destination = cls(dest.name, cls.settings_model.model_validate(dest.settings))
+            destination.bind_counter(functools.partial(self._count, dest.name))
             await destination.open()
             self.destinations[dest.name] = destination
             depth = _QueueDepth(self.metrics.queue_depth.labels(dest.name))
@@ -556,6 +558,9 @@ class Router:
         self._stats_writer = asyncio.create_task(
             self._write_stats_forever(), name="eventgate-stats"
         )
+
+    def _count(self, destination: str, what: str, amount: int) -> None:
+        self.metrics.destination_counts.labels(destination, what).inc(amount)
 
     def _circuit_for(self, dest: DestinationConfig) -> CircuitBreaker | None:
         """The destination's circuit breaker, shared by its workers (``None`` if disabled)."""

@@ -165,9 +165,10 @@ def rows_of(message: Mapping[str, Any], max_bytes: int = MAX_IDENTIFIER_BYTES) -
         slug = table_name(name, max_bytes)
         common["event"] = slug
         common["event_text"] = name
+        tracks = Row("tracks", common, dict(unmapped))
         own = dict(common)
         _flatten_properties(message.get("properties"), own, unmapped, max_bytes)
-        return [Row("tracks", common, dict(unmapped)), Row(slug, own, unmapped)]
+        return [tracks, Row(slug, own, unmapped)]
     if kind == "identify":
         row = dict(common)
         _flatten_properties(message.get("traits"), row, unmapped, max_bytes)
