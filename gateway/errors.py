@@ -7,6 +7,8 @@ __all__ = [
     "DeliveryError",
     "EventRejectedError",
     "EventgateError",
+    "FqlEvaluationError",
+    "FqlSyntaxError",
     "PermanentDeliveryError",
     "RequestRejectedError",
     "RetryableDeliveryError",
@@ -101,3 +103,22 @@ class RetryableDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Retrying will not help; the router dead-letters the event with this reason."""
+
+
+class FqlSyntaxError(ConfigError):
+    """An FQL expression in the configuration cannot be parsed; raised at startup.
+
+    ``position`` is the 0-based character offset of the problem in ``expression``.
+    """
+
+    def __init__(self, expression: str, position: int, message: str) -> None:
+        self.expression = expression
+        self.position = position
+        super().__init__([f"FQL syntax error at position {position}: {message} (in: {expression})"])
+
+
+class FqlEvaluationError(EventgateError):
+    """An FQL expression cannot be evaluated for one event (e.g. ``lowercase(5)``).
+
+    Callers fail closed: the event is dropped and counted, never delivered unfiltered.
+    """

@@ -1,0 +1,1 @@
+"""The source stage and fan-out: dedup, tracking plans, transformations, filters, FQL."""
