@@ -60,8 +60,6 @@ def _with_overrides(config: GatewayConfig, args: argparse.Namespace) -> GatewayC
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
-    from gateway import supervisor  # noqa: PLC0415 - keeps `eventgate check` light
-
     pm = make_plugin_manager()
     config = _load(args.config, pm)
     if config is None:
@@ -69,6 +67,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     config = _with_overrides(config, args)
     _tune_gc()
+    try:
+        return _serve(args, config, pm)
+    finally:
+        # Frozen objects are never finalized; extension modules (DuckDB's nanobind) report
+        # them as leaks at exit unless they are handed back to the collector first.
+        gc.unfreeze()
+
+
+def _serve(args: argparse.Namespace, config: GatewayConfig, pm: pluggy.PluginManager) -> int:
+    from gateway import supervisor  # noqa: PLC0415 - keeps `eventgate check` light
+
     if args.ingress_port is not None:
         return supervisor.become_ingress_process(
             config, pm, args.ingress_port, args.ingress_shard, args.parent_pid

@@ -18,7 +18,7 @@ ROOT = Path(__file__).parent.parent
 def test_check_accepts_the_default_config(capsys: pytest.CaptureFixture[str]) -> None:
     """`eventgate check config/gateway.yaml` exits 0 and says ok."""
     assert main(["check", str(ROOT / "config" / "gateway.yaml")]) == 0
-    assert ": ok (1 source(s), 1 destination(s))" in capsys.readouterr().out
+    assert ": ok (1 source(s), 2 destination(s))" in capsys.readouterr().out
 
 
 def test_check_prints_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,7 +28,7 @@ def test_the_shipped_default_config_is_valid() -> None:
     )
     assert config.sources[0].write_keys[0].get_secret_value() == "dev-write-key"
     assert config.server.port == 8088
-    assert [d.type for d in config.destinations] == ["file"]
+    assert [d.type for d in config.destinations] == ["file", "warehouse"]
 
 
 def test_env_interpolation_with_defaults_and_escapes() -> None:

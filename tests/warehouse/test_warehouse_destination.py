@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -99,7 +99,7 @@ async def test_replayed_batch_adds_nothing(warehouse: WarehouseDestination) -> N
     """Loading the same events again (a retry or a replay) leaves one row per messageId."""
     batch = [make_event(seq) for seq in range(10)]
     await deliver(warehouse, batch)
-    await deliver(warehouse, batch[3:] + [make_event(3)])
+    await deliver(warehouse, [*batch[3:], make_event(3)])
     assert await ids_in(warehouse, "tracks") == sorted(e.message_id for e in batch)
     assert await ids_in(warehouse, "order_completed") == sorted(e.message_id for e in batch)
 
@@ -206,25 +206,23 @@ async def test_file_held_by_another_process_is_retried(tmp_path: Path) -> None:
     path = tmp_path / "w.duckdb"
     destination = WarehouseDestination("dw", WarehouseSettings(path=path))
     await destination.open()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
-            "time.sleep(60)",
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+        "time.sleep(60)",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert holder.stdout is not None
-        assert holder.stdout.readline() == b"held\n"
+        assert await holder.stdout.readline() == b"held\n"
         (outcome,) = await deliver(destination, [make_event(1)])
         assert isinstance(outcome, RetryableDeliveryError)
         assert "another process" in outcome.reason
     finally:
         holder.kill()
-        holder.wait()
+        await holder.communicate()
     deadline = time.monotonic() + 10
     while (await deliver(destination, [make_event(1)]))[0] is not None:
         assert time.monotonic() < deadline
