@@ -69,14 +69,26 @@ def plan_table(
 ) -> TablePlan:
     """Plan loading ``rows`` into ``table``, whose columns are ``existing`` (``None``: no table).
 
-    A value whose column cannot be added (the table has ``max_columns``) or that does not fit a
-    reserved column's fixed type goes to the row's ``_unmapped`` JSON instead; nothing is dropped.
+    A value whose column cannot be added (the table has ``max_columns``), that does not fit a
+    reserved column's fixed type, or a string holding NUL goes to the row's ``_unmapped`` JSON
+    instead; nothing is dropped.
     """
     rows = list(rows)
     have = dict(existing or {})
     needed: dict[str, ColumnType] = {}
     for row in rows:
         for column, value in list(row.values.items()):
+            if value is None:
+                del row.values[column]
+                continue
+            if isinstance(value, str) and "\x00" in value:
+                # PostgreSQL's text cannot hold NUL; keep the value rather than fail the load.
+                # An id must stay (the row's key): NUL becomes U+FFFD, the same on every replay.
+                if column == "id":
+                    row.values["id"] = value.replace("\x00", "\ufffd")
+                else:
+                    row.unmapped[column] = row.values.pop(column)
+                    continue
             kind = type_of(value)
             fixed = RESERVED_COLUMNS.get(column)
             if fixed is not None:
@@ -91,7 +103,8 @@ def plan_table(
     for column, kind in needed.items():
         current = have.get(column)
         if current is None:
-            if len(have) + len(add) >= max_columns and column not in RESERVED_COLUMNS:
+            # Two columns stay free for uuid_ts and _unmapped.
+            if len(have) + len(add) >= max_columns - 2 and column not in RESERVED_COLUMNS:
                 overflow.add(column)
             else:
                 add[column] = kind

@@ -52,6 +52,8 @@ _TRANSIENT = (
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, cannot connect now
     asyncpg.exceptions.TransactionRollbackError,  # class 40: deadlock, serialization failure
+    # 42501: a role without the grants it needs; fixing the grants lets the retries through.
+    asyncpg.exceptions.InsufficientPrivilegeError,
 )
 
 

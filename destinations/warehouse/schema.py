@@ -148,7 +148,7 @@ def rows_of(message: Mapping[str, Any], max_bytes: int = MAX_IDENTIFIER_BYTES) -
     """The rows one normalized Segment message adds, Segment's warehouse layout.
 
     ``users`` rows (from identify) carry ``id`` = the user id and only traits; callers upsert
-    them. A string containing NUL (which PostgreSQL cannot store) goes to ``unmapped``.
+    them.
     """
     common: dict[str, Any] = {}
     unmapped: dict[str, Any] = {}
@@ -221,9 +221,6 @@ def _flatten(
         column = column_name(path, max_bytes)
         if guard_reserved and column in RESERVED_COLUMNS:
             column = identifier("_" + column, max_bytes)
-        if isinstance(value, str) and "\x00" in value:
-            unmapped[".".join(path)] = value
-            continue
         # Keys that snake_case alike ("sampleText", "sample_text") share a column; the later wins.
         row[column] = value
 

@@ -9,7 +9,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import duckdb
+import pytest
 from segment.analytics import Client
 
 from tests.conftest import WRITE_KEY
@@ -24,12 +26,17 @@ FUNNEL = [
 ]
 
 
-def duckdb_gateway(root: Path, batch: dict[str, float] | None = None) -> Gateway:
-    """A gateway whose only destination is a DuckDB warehouse in ``root``."""
+def duckdb_gateway(
+    root: Path, batch: dict[str, float] | None = None, dsn: str | None = None
+) -> Gateway:
+    """A gateway whose only destination is a warehouse: DuckDB in ``root``, or ``dsn``'s."""
+    settings = {"path": str(root / "warehouse.duckdb")}
+    if dsn is not None:
+        settings = {"backend": "postgres", "dsn": dsn}
     destination: dict[str, Any] = {
         "name": "dw",
         "type": "warehouse",
-        "settings": {"path": str(root / "warehouse.duckdb")},
+        "settings": settings,
         # The test's own queries hold the file for a moment; retry soon after.
         "retry": {"base_delay_s": 0.05, "max_delay_s": 0.2},
         "circuit": {"enabled": False},
@@ -52,23 +59,41 @@ def query(path: Path, sql: str, timeout_s: float = 30) -> list[tuple[Any, ...]]:
             time.sleep(0.1)
 
 
-def wait_for_rows(path: Path, table: str, count: int, timeout_s: float = 60) -> None:
-    """Wait until ``web.<table>`` has ``count`` rows."""
+def query_postgres(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on the PostgreSQL database at ``dsn``."""
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def wait_for_rows(
+    path: Path, table: str, count: int, timeout_s: float = 60, dsn: str | None = None
+) -> None:
+    """Wait until ``web.<table>`` has ``count`` rows (in DuckDB at ``path``, or at ``dsn``)."""
     deadline = time.monotonic() + timeout_s
+    sql = f"SELECT count(*) FROM web.{table}"
     while True:
         try:
-            rows = query(path, f"SELECT count(*) FROM web.{table}", timeout_s=1)
+            rows = query(path, sql, timeout_s=1) if dsn is None else query_postgres(dsn, sql)
             if rows[0][0] >= count:
                 return
-        except duckdb.Error:
+        except (duckdb.Error, asyncpg.PostgresError):
             pass
         assert time.monotonic() < deadline, f"web.{table} never reached {count} rows"
         time.sleep(0.2)
 
 
-def test_sdk_funnel_and_users_in_duckdb(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_sdk_funnel_and_users(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     """Ecommerce events and identifies from Segment's SDK are queryable: a funnel, users rows."""
-    gateway = duckdb_gateway(tmp_path, {"max_events": 500, "max_age_s": 0.2})
+    dsn = request.getfixturevalue("postgres_dsn") if backend == "postgres" else None
+    gateway = duckdb_gateway(tmp_path, {"max_events": 500, "max_age_s": 0.2}, dsn)
     gateway.start()
     try:
         errors: list[Any] = []
@@ -90,13 +115,15 @@ def test_sdk_funnel_and_users_in_duckdb(tmp_path: Path) -> None:
         client.shutdown()
         assert errors == []
         path = tmp_path / "warehouse.duckdb"
-        wait_for_rows(path, "tracks", sum(users for _, users in FUNNEL))
-        wait_for_rows(path, "identifies", 5)
+        wait_for_rows(path, "tracks", sum(users for _, users in FUNNEL), dsn=dsn)
+        wait_for_rows(path, "identifies", 5, dsn=dsn)
     finally:
         assert gateway.terminate() == 0
 
-    funnel = query(
-        path,
+    def sql(text: str) -> list[tuple[Any, ...]]:
+        return query(path, text) if dsn is None else query_postgres(dsn, text)
+
+    funnel = sql(
         """
         SELECT 'viewed', count(DISTINCT user_id) FROM web.product_viewed
         UNION ALL SELECT 'added', count(DISTINCT user_id) FROM web.product_added
@@ -105,21 +132,20 @@ def test_sdk_funnel_and_users_in_duckdb(tmp_path: Path) -> None:
     """,
     )
     assert funnel == [("viewed", 20), ("added", 12), ("checkout", 8), ("ordered", 5)]
-    ((name, price, gift, library),) = query(
-        path,
+    ((name, price, gift, library),) = sql(
         """
         SELECT event_text, price, is_gift, context_library_name
         FROM web.order_completed WHERE user_id LIKE '%-u0'
     """,
     )
     assert (name, price, gift, library) == ("Order Completed", 19.99, True, "analytics-python")
-    users = query(path, "SELECT id, email, plan FROM web.users ORDER BY id")
+    users = sql("SELECT id, email, plan FROM web.users ORDER BY id")
     assert [(u[1], u[2]) for u in users] == [
         ("u0@example.com", "pro"),
         ("u1@example.com", "pro"),
         ("u2@example.com", "free"),
     ]
-    counts = query(path, "SELECT count(*), count(DISTINCT id) FROM web.tracks")
+    counts = sql("SELECT count(*), count(DISTINCT id) FROM web.tracks")
     assert counts == [(45, 45)]
 
 

@@ -183,10 +183,21 @@ def test_reserved_column_with_a_wrong_type_goes_to_unmapped() -> None:
 
 
 def test_nul_strings_go_to_unmapped() -> None:
-    """A string holding NUL, which PostgreSQL cannot store, is kept in ``_unmapped``."""
-    rows = rows_of(make_event(1, properties={"bad": "a\x00b", "good": 1}).message)
-    assert rows[1].unmapped == {"bad": "a\x00b"}
-    assert rows[1].values["good"] == 1
+    """Strings holding NUL (PostgreSQL cannot store one) go to ``_unmapped``, top level too."""
+    message = make_event(1, userId="u\x00x", properties={"bad": "a\x00b", "good": 1}).message
+    own = rows_of(message)[1]
+    plan = plan_table("order_completed", [own], None, loaded_at=NOW, max_columns=100)
+    record = dict(zip(plan.columns, plan.records[0], strict=True))
+    assert record["good"] == 1
+    assert "bad" not in record
+    assert "user_id" not in record
+    assert record["_unmapped"] == '{"user_id":"u\\u0000x","bad":"a\\u0000b"}'
+
+
+def test_nul_in_an_id_is_replaced_not_dropped() -> None:
+    """A messageId holding NUL still keys its row: NUL becomes U+FFFD, the same every time."""
+    plan = plan_table("t", [Row("t", {"id": "m\x001"})], None, loaded_at=NOW, max_columns=100)
+    assert plan.records[0][plan.columns.index("id")] == "m\ufffd1"
 
 
 def test_users_merge_later_received_wins() -> None:
