@@ -128,6 +128,7 @@ async def _flush_counts(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     state.flush_counts()
+    state.quotas.close()
 
 
 async def _metrics(request: web.Request) -> web.Response:

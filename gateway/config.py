@@ -82,6 +82,28 @@ class StorageConfig(_Model):
     for longer messageIds)."""
 
 
+class QuotaConfig(_Model):
+    """A source's rate limit and monthly event quota; over either, ingress answers 429."""
+
+    plan: Literal["free", "starter", "business", "enterprise"] | None = None
+    """A SegOps plan: free 60 requests/min and 500,000 events/month, starter 300 and 5,000,000,
+    business 1,000 and 50,000,000, enterprise unlimited."""
+    requests_per_minute: int | None = Field(None, gt=0)
+    """API calls per UTC minute (overrides the plan's)."""
+    events_per_month: int | None = Field(None, gt=0)
+    """Accepted events per UTC calendar month (overrides the plan's)."""
+
+    def resolved(self) -> tuple[int | None, int | None]:
+        """``(requests_per_minute, events_per_month)``: the plan's, with overrides applied."""
+        from gateway.ingress.quota import PLANS  # noqa: PLC0415 - avoids an import cycle
+
+        per_minute, per_month = PLANS[self.plan] if self.plan else (None, None)
+        return (
+            self.requests_per_minute if self.requests_per_minute is not None else per_minute,
+            self.events_per_month if self.events_per_month is not None else per_month,
+        )
+
+
 class SourceConfig(_Model):
     """A source: who may send, and which destinations its events feed."""
 
@@ -92,6 +114,8 @@ class SourceConfig(_Model):
     """Bearer keys (``sk_...``) for the SegOps-style ``/api/ingestion`` API."""
     destinations: list[str] | None = None
     """Destination names this source feeds; omitted means every destination."""
+    quota: QuotaConfig | None = None
+    """Requests per minute and events per month; omitted means unlimited."""
 
     @model_validator(mode="after")
     def _has_a_key(self) -> SourceConfig:

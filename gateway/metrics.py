@@ -89,6 +89,13 @@ class Metrics:
             ["code"],
             registry=r,
         )
+        self.requests_limited = Counter(
+            "eventgate_requests_limited",
+            "Requests answered 429 because their source is over a limit, by source and limit "
+            "(requests_per_minute, events_per_month)",
+            ["source", "limit"],
+            registry=r,
+        )
         self.delivered = Counter(
             "eventgate_events_delivered",
             "Events delivered, by destination",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from gateway.errors import (
 )
 from gateway.events import NormalizedEvent, RequestContext
 from gateway.ingress.auth import KeyRing
+from gateway.ingress.quota import QuotaBook, SourceQuota
 from gateway.log.base import EventLog
 from gateway.metrics import Metrics
 
@@ -52,6 +54,10 @@ class IngressState:
         )
         self.log = event_log
         self.metrics = metrics
+        self.quotas = QuotaBook(
+            config.storage.data_dir / "quotas",
+            {s.name: SourceQuota(*s.quota.resolved()) for s in config.sources if s.quota},
+        )
         # Counted here and added to the shared-memory metrics by flush_counts(): one metric
         # write per request was 2% of single-event ingest CPU.
         self._received: Counter[str] = Counter()
@@ -93,8 +99,17 @@ class IngressState:
     ) -> None:
         """Append ``events`` durably; storage trouble becomes a 503 with ``Retry-After``.
 
-        ``rejected`` (the batch's refused events) is logged as one line per request.
+        ``rejected`` (the batch's refused events) is logged as one line per request. A source
+        over its quota gets a 429 with ``Retry-After`` and nothing is stored.
         """
+        if self.quotas.quotas:
+            exceeded = self.quotas.charge(source, len(events), time.time())
+            if exceeded is not None:
+                self.metrics.requests_limited.labels(source, exceeded.limit).inc()
+                code = "rate_limited" if exceeded.limit == "requests_per_minute" else "over_quota"
+                raise RequestRejectedError(
+                    429, code, exceeded.message, retry_after_s=exceeded.retry_after_s
+                )
         if rejected:
             codes = Counter(r["code"] for r in rejected)
             log.info("ingress.events_rejected", source=source, count=len(rejected), codes=codes)
