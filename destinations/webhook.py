@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from yarl import URL
@@ -169,6 +170,7 @@ class WebhookDestination(BatchDestination[WebhookSettings]):
 
     type_name = "webhook"
     display_name = "Webhook"
+    supports_user_deletion = True
     settings_model = WebhookSettings
 
     def __init__(self, name: str, settings: WebhookSettings) -> None:
@@ -234,6 +236,20 @@ class WebhookDestination(BatchDestination[WebhookSettings]):
         if any(o is not None and o.reason == _GONE for o in outcomes):
             log.error("webhook.gone", destination=self.name, url=self._public_url)
         return outcomes
+
+    async def delete_user(self, user_id: str) -> int:
+        """POST ``{"type": "delete", "userId": ...}``, signed like events; 1 when accepted.
+
+        The ``webhook-id`` is ``delete-`` and a hash of the user id, the same on every retry.
+        """
+        if self._session is None:
+            raise RuntimeError("WebhookDestination.delete_user called before open()")
+        body = orjson.dumps({"type": "delete", "userId": user_id})
+        digest = hashlib.sha256(user_id.encode()).hexdigest()[:32]
+        outcome = await self._post(self._session, f"delete-{digest}", body)
+        if outcome is not None:
+            raise outcome
+        return 1
 
     async def _post_event(
         self, session: aiohttp.ClientSession, event: Event

@@ -1,4 +1,6 @@
-"""The admin API: token-protected JSON endpoints for operators (dead letters for now).
+"""The admin API: token-protected JSON endpoints for operators.
+
+Dead letters, delivery reports, suppressed users, deletion requests and tracking-plan violations.
 
 Every route needs ``Authorization: Bearer <server.admin_token>``, compared in constant time;
 with no token configured the routes answer 404, as if they did not exist.
@@ -11,13 +13,14 @@ import hmac
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from gateway import dlq
 from gateway.config import GatewayConfig
+from gateway.control import ControlStore
 from gateway.dlq import DeadLetterFilter
 from gateway.errors import RequestRejectedError
 from gateway.ingress.body import parse_json, read_body
@@ -27,7 +30,8 @@ from gateway.stats import delivery_report
 __all__ = ["add_admin_routes"]
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_MAX_BODY = 64 * 1024
+_MAX_BODY = 1024 * 1024
+_Body = TypeVar("_Body", bound=BaseModel)
 
 
 class _Filter(BaseModel):
@@ -53,27 +57,61 @@ class _Filter(BaseModel):
         return not (self.destination or self.since or self.until or self.reason)
 
 
+def _parse(model: type[_Body], data: Any) -> _Body:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        raise RequestRejectedError(400, "invalid_request", f"{where}: {error['msg']}") from None
+
+
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def add_admin_routes(app: web.Application, config: GatewayConfig, state: IngressState) -> None:
     """Register ``/admin/dead-letters`` (list, show, replay, purge) and the delivery view."""
-    api = _AdminApi(config, config.storage.data_dir)
+    api = _AdminApi(config, config.storage.data_dir, state.control)
     routes: list[tuple[str, str, _Handler]] = [
         ("GET", "/admin/dead-letters", api.list_letters),
         ("GET", "/admin/dead-letters/{key}", api.show),
         ("POST", "/admin/dead-letters/replay", api.replay),
         ("POST", "/admin/dead-letters/purge", api.purge),
         ("GET", "/admin/destinations/{name}/delivery", api.delivery),
+        ("GET", "/admin/suppressions", api.suppressions),
+        ("POST", "/admin/suppressions", api.suppress),
+        ("DELETE", "/admin/suppressions/{user_id}", api.unsuppress),
+        ("GET", "/admin/deletions", api.deletions),
+        ("POST", "/admin/deletions", api.request_deletion),
+        ("GET", "/admin/deletions/{id}", api.deletion),
+        ("GET", "/admin/violations", api.violations),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, state.handler(api.guard(handler)))
 
 
+class _Suppress(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    userIds: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)]] = Field(
+        min_length=1, max_length=10_000
+    )
+    reason: str = Field("suppressed by an operator", max_length=1024)
+
+
+class _Deletion(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    userId: str = Field(min_length=1, max_length=1024)
+
+
 class _AdminApi:
-    def __init__(self, config: GatewayConfig, data_dir: Path) -> None:
+    def __init__(self, config: GatewayConfig, data_dir: Path, control: ControlStore) -> None:
         self._destinations = {d.name for d in config.destinations}
+        self._enabled = [d.name for d in config.destinations if d.enabled]
+        self._configured_suppressions = sorted(config.privacy.suppressed_user_ids)
+        self._control = control
         token = config.server.admin_token
         self._token = None if token is None else token.get_secret_value().encode()
         self._data_dir = data_dir
@@ -131,6 +169,59 @@ class _AdminApi:
         count = await asyncio.to_thread(dlq.purge, self._data_dir, match)
         return json_response(200, {"purged": count})
 
+    async def suppressions(self, request: web.Request) -> web.Response:
+        """``GET /admin/suppressions``: users whose events ingress drops."""
+        rows = await asyncio.to_thread(self._control.suppressions)
+        return json_response(
+            200, {"suppressions": rows, "configured": self._configured_suppressions}
+        )
+
+    async def suppress(self, request: web.Request) -> web.Response:
+        """``POST /admin/suppressions`` ``{"userIds": [...], "reason": "..."}``."""
+        body = _parse(_Suppress, await self._body(request))
+        added = await asyncio.to_thread(self._control.suppress, body.userIds, body.reason)
+        return json_response(200, {"suppressed": added})
+
+    async def unsuppress(self, request: web.Request) -> web.Response:
+        """``DELETE /admin/suppressions/{user_id}``: let the user's events in again."""
+        if not await asyncio.to_thread(self._control.unsuppress, request.match_info["user_id"]):
+            raise RequestRejectedError(404, "not_found", "that user is not suppressed here")
+        return json_response(200, {"removed": True})
+
+    async def request_deletion(self, request: web.Request) -> web.Response:
+        """``POST /admin/deletions`` ``{"userId": "..."}``: suppress the user and delete their
+        data in every destination that can; 202 with the request to follow."""
+        body = _parse(_Deletion, await self._body(request))
+        created = await asyncio.to_thread(
+            self._control.request_deletion, body.userId, self._enabled
+        )
+        return json_response(202, created.as_json())
+
+    async def deletions(self, request: web.Request) -> web.Response:
+        """``GET /admin/deletions``: the newest deletion requests and their status."""
+        rows = await asyncio.to_thread(self._control.deletions)
+        return json_response(200, {"deletions": [r.as_json() for r in rows]})
+
+    async def deletion(self, request: web.Request) -> web.Response:
+        """``GET /admin/deletions/{id}``: one deletion request, per destination."""
+        try:
+            request_id = int(request.match_info["id"])
+        except ValueError:
+            raise RequestRejectedError(404, "not_found", "no such deletion request") from None
+        found = await asyncio.to_thread(self._control.deletion, request_id)
+        if found is None:
+            raise RequestRejectedError(404, "not_found", "no such deletion request")
+        return json_response(200, found.as_json())
+
+    async def violations(self, request: web.Request) -> web.Response:
+        """``GET /admin/violations?source=``: tracking-plan violation counts."""
+        rows = await asyncio.to_thread(self._control.violations, request.query.get("source"))
+        return json_response(200, {"violations": rows})
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        return parse_json(await read_body(request, _MAX_BODY) or b"{}")
+
     async def _body_filter(self, request: web.Request) -> DeadLetterFilter:
         data = parse_json(await read_body(request, _MAX_BODY) or b"{}")
         parsed = self._parse_filter(data)
@@ -142,9 +233,4 @@ class _AdminApi:
 
     @staticmethod
     def _parse_filter(data: Any) -> _Filter:
-        try:
-            return _Filter.model_validate(data)
-        except ValidationError as exc:
-            error = exc.errors(include_input=False, include_url=False)[0]
-            where = ".".join(str(p) for p in error["loc"]) or "body"
-            raise RequestRejectedError(400, "invalid_request", f"{where}: {error['msg']}") from None
+        return _parse(_Filter, data)

@@ -103,8 +103,11 @@ def create_app(
 
 async def _event_log(app: web.Application) -> AsyncIterator[None]:
     await app[LOG_KEY].open()
+    control = app[INGRESS_KEY].control
+    await asyncio.to_thread(control.open)
     yield
     await app[LOG_KEY].close()
+    control.close()
 
 
 async def _router(app: web.Application) -> AsyncIterator[None]:

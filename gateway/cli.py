@@ -18,6 +18,7 @@ import pluggy
 
 from gateway import dlq
 from gateway.config import GatewayConfig, ServerConfig, load_config
+from gateway.control import ControlStore
 from gateway.dlq import DeadLetterFilter
 from gateway.errors import ConfigError
 from gateway.logging import configure_logging
@@ -259,6 +260,52 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_privacy(args: argparse.Namespace) -> int:
+    """Suppress users, delete a user's data everywhere, and follow deletion requests."""
+    config = _load(args.config, make_plugin_manager())
+    if config is None:
+        return 2
+    control = ControlStore(config.storage.data_dir)
+    control.open()
+    try:
+        if args.action in ("suppress", "unsuppress", "delete") and not args.user_id:
+            print(f"privacy {args.action} needs a user id", file=sys.stderr)
+            return 2
+        if args.action == "suppress":
+            added = control.suppress([args.user_id], args.reason)
+            print(f"{args.user_id}: {'suppressed' if added else 'was already suppressed'}")
+        elif args.action == "unsuppress":
+            found = control.unsuppress(args.user_id)
+            print(f"{args.user_id}: {'unsuppressed' if found else 'was not suppressed'}")
+            return 0 if found else 1
+        elif args.action == "delete":
+            enabled = [d.name for d in config.destinations if d.enabled]
+            request = control.request_deletion(args.user_id, enabled)
+            print(orjson.dumps(request.as_json(), option=orjson.OPT_INDENT_2).decode())
+            print(
+                f"deletion request {request.id} recorded; the running gateway carries it out "
+                f"(follow it with `eventgate privacy status {request.id}`)",
+                file=sys.stderr,
+            )
+        elif args.action == "status":
+            if args.user_id is not None and not args.user_id.isdigit():
+                print("privacy status takes a deletion request id (a number)", file=sys.stderr)
+                return 2
+            requests = (
+                control.deletions()
+                if args.user_id is None
+                else [r for r in [control.deletion(int(args.user_id))] if r is not None]
+            )
+            for request in requests:
+                print(orjson.dumps(request.as_json()).decode())
+        else:
+            for row in control.suppressions():
+                print(f"{row['userId']}\t{row['reason']}")
+        return 0
+    finally:
+        control.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``eventgate`` command."""
     parser = argparse.ArgumentParser(prog="eventgate", description=__doc__)
@@ -311,6 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=100, help="list: at most this many")
     dead.add_argument("--json", action="store_true", help="list: one JSON object per line")
     dead.set_defaults(func=cmd_dlq)
+
+    privacy = sub.add_parser("privacy", help="suppress users and delete a user's data")
+    privacy.add_argument(
+        "action",
+        choices=["suppress", "unsuppress", "list", "delete", "status"],
+        help="list: suppressed users; status [ID]: deletion requests",
+    )
+    privacy.add_argument("user_id", nargs="?", help="the userId (status: a request id)")
+    privacy.add_argument("--config", default=_default_config(), help="where to find the data dir")
+    privacy.add_argument("--reason", default="suppressed with the CLI")
+    privacy.set_defaults(func=cmd_privacy)
     return parser
 
 

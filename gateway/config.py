@@ -188,11 +188,18 @@ class DestinationConfig(_Model):
     settings: dict[str, Any] = {}
 
 
+class PrivacyConfig(_Model):
+    """Users whose events are dropped at ingress (the admin API and CLI add more at run time)."""
+
+    suppressed_user_ids: list[str] = []
+
+
 class GatewayConfig(_Model):
     """The whole gateway configuration (one YAML file)."""
 
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     sources: list[SourceConfig] = Field(min_length=1)
     destinations: list[DestinationConfig] = []
 

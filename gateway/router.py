@@ -23,12 +23,14 @@ import structlog
 
 from gateway.circuit import CircuitBreaker
 from gateway.config import DestinationConfig, GatewayConfig
+from gateway.control import ControlStore
 from gateway.destination import Destination, Event, deliver
 from gateway.errors import DeliveryError, RetryableDeliveryError
 from gateway.flow import FlowControl
 from gateway.log.base import DeadLetter, EventLog, PendingRetry, ReadResult
 from gateway.metrics import Metrics, observe_many
 from gateway.plugins import destination_types
+from gateway.privacy import DeletionWorker
 from gateway.retry import RetryPolicy
 from gateway.stats import DeliveryTally
 
@@ -515,6 +517,8 @@ class Router:
         self.tally = DeliveryTally()
         self._compactor: asyncio.Task[None] | None = None
         self._stats_writer: asyncio.Task[None] | None = None
+        self.control = ControlStore(config.storage.data_dir)
+        self._deleter: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open every enabled destination and start its workers.
@@ -558,6 +562,10 @@ class Router:
         self._stats_writer = asyncio.create_task(
             self._write_stats_forever(), name="eventgate-stats"
         )
+        await asyncio.to_thread(self.control.open)
+        self._deleter = asyncio.create_task(
+            DeletionWorker(self.control, self.destinations).run_forever(), name="eventgate-deleter"
+        )
 
     def _count(self, destination: str, what: str, amount: int) -> None:
         self.metrics.destination_counts.labels(destination, what).inc(amount)
@@ -587,10 +595,11 @@ class Router:
 
     async def stop(self, grace_s: float) -> None:
         """Stop every worker (in-flight batches get ``grace_s``), then close the destinations."""
-        if self._compactor is not None:
-            self._compactor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._compactor
+        for task in (self._compactor, self._deleter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         workers = [w for group in self.workers.values() for w in group]
         await asyncio.gather(*(w.stop(grace_s) for w in workers))
         if self._stats_writer is not None:
@@ -603,6 +612,7 @@ class Router:
                 await destination.close()
             except Exception:  # one plugin's failure must not stop the others closing
                 log.exception("router.close_failed", destination=name)
+        self.control.close()
 
     async def _write_stats_forever(self) -> None:
         while True:

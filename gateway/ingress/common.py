@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from gateway.config import GatewayConfig
+from gateway.control import ControlStore
 from gateway.errors import (
     EventRejectedError,
     RequestRejectedError,
@@ -54,6 +55,7 @@ class IngressState:
         )
         self.log = event_log
         self.metrics = metrics
+        self.control = ControlStore(config.storage.data_dir)
         self.quotas = QuotaBook(
             config.storage.data_dir / "quotas",
             {s.name: SourceQuota(*s.quota.resolved()) for s in config.sources if s.quota},
