@@ -181,6 +181,7 @@ def test_cli_privacy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "u1\tsuppressed with the CLI" in capsys.readouterr().out
     assert main(["privacy", "unsuppress", "u1", "--config", str(config)]) == 0
     assert main(["privacy", "unsuppress", "u1", "--config", str(config)]) == 1
+    assert capsys.readouterr().out == "u1: unsuppressed\nu1: was not suppressed\n"
     assert main(["privacy", "delete", "u2", "--config", str(config)]) == 0
     out, err = capsys.readouterr()
     assert orjson.loads(out)["destinations"] == {
