@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ import pluggy
 from gateway import hookspecs
 from gateway.destination import Destination
 from gateway.errors import ConfigError
+from gateway.pipeline.transforms import Transform
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -20,6 +22,7 @@ __all__ = [
     "destination_types",
     "hookimpl",
     "make_plugin_manager",
+    "transforms",
 ]
 
 hookimpl = pluggy.HookimplMarker("eventgate")
@@ -90,6 +93,44 @@ def destination_types(pm: pluggy.PluginManager) -> dict[str, DestinationType]:
                 )
                 continue
             found[type_name] = DestinationType(type_name, cls, plugin)
+    if problems:
+        raise ConfigError(problems)
+    return found
+
+
+def transforms(pm: pluggy.PluginManager) -> dict[str, Transform]:
+    """Every named transform the plugins register with ``register_transforms``, by name.
+
+    Raises:
+        ConfigError: two plugins register the same name, or a plugin registers something that
+            is not a callable under a non-empty string name.
+    """
+    found: dict[str, Transform] = {}
+    owners: dict[str, str] = {}
+    problems: list[str] = []
+    for impl in pm.hook.register_transforms.get_hookimpls():
+        plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
+        registered: Any = impl.function() or {}
+        if not isinstance(registered, Mapping):
+            problems.append(
+                f"plugin {plugin}: register_transforms returned {type(registered).__name__}; "
+                "return a dict of name -> transform function"
+            )
+            continue
+        for name, transform in registered.items():
+            if not isinstance(name, str) or not name or not callable(transform):
+                problems.append(
+                    f"plugin {plugin}: register_transforms maps {name!r} to {transform!r}; "
+                    "map non-empty names to functions taking and returning a message dict"
+                )
+                continue
+            if name in found:
+                problems.append(
+                    f"transform {name!r} is registered twice: by {owners[name]} and by "
+                    f"{plugin}; uninstall one of them"
+                )
+                continue
+            found[name], owners[name] = transform, plugin
     if problems:
         raise ConfigError(problems)
     return found

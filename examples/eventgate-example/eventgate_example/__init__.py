@@ -1,18 +1,28 @@
-"""An example eventgate plugin: the ``example_sqlite`` destination stores events as SQLite rows."""
+"""An example eventgate plugin: the ``example_sqlite`` destination stores events as SQLite rows.
+
+It also registers the named transformation ``example_redact_ip`` (see :mod:`.transforms`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eventgate_example.transforms import redact_ip
 from gateway import BatchDestination, Destination, Event, RetryableDeliveryError, hookimpl
 
-__all__ = ["SqliteDestination", "SqliteSettings", "register_destination_types"]
+__all__ = [
+    "SqliteDestination",
+    "SqliteSettings",
+    "redact_ip",
+    "register_destination_types",
+    "register_transforms",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -92,3 +102,9 @@ class SqliteDestination(BatchDestination[SqliteSettings]):
 def register_destination_types() -> list[type[Destination[Any]]]:
     """Register ``example_sqlite``."""
     return [SqliteDestination]
+
+
+@hookimpl
+def register_transforms() -> dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]]:
+    """Register ``example_redact_ip``, usable in config as ``python: example_redact_ip``."""
+    return {"example_redact_ip": redact_ip}
