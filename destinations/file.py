@@ -88,6 +88,7 @@ class FileDestination(BatchDestination[FileSettings]):
     """
 
     type_name = "file"
+    integration_kind = "archive"  # archives keep everything, whatever integrations says
     display_name = "File"
     settings_model = FileSettings
 

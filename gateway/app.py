@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 
 import pluggy
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -26,6 +28,7 @@ from gateway.ingress import (
 )
 from gateway.log.sqlite import SqliteEventLog
 from gateway.metrics import Metrics
+from gateway.pipeline.build import source_stages
 from gateway.plugins import make_plugin_manager
 from gateway.retry import RetryPolicy
 from gateway.router import Router
@@ -48,6 +51,7 @@ PLUGINS_KEY = web.AppKey("plugins", pluggy.PluginManager)
 ROUTER_KEY = web.AppKey("router", Router)
 INGRESS_KEY = web.AppKey("ingress", IngressState)
 _FLUSH_COUNTS_EVERY_S = 0.25
+log = structlog.get_logger("eventgate.app")
 
 # How the app must be served: ingress inflates gzip itself, bounded while streaming, so aiohttp's
 # own decompression is off (with it on, a body claiming gzip that is not would get a text 400).
@@ -87,6 +91,7 @@ def create_app(
         app[ROUTER_KEY] = Router(config, [event_log], metrics, pm, retry_policy)
 
     state = IngressState(config, event_log, metrics)
+    state.stages = source_stages(config, pm, lambda: state.suppressed)
     app[INGRESS_KEY] = state
     add_segment_routes(app, state)
     add_segops_routes(app, state)
@@ -124,13 +129,19 @@ async def _flush_counts(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(_FLUSH_COUNTS_EVERY_S)
             state.flush_counts()
+            try:
+                await state.refresh()
+            except sqlite3.Error:  # the control file is busy or broken: try again next tick
+                log.exception("ingress.refresh_failed")
 
+    await state.refresh()  # suppressions in force before the first request
     task = asyncio.create_task(flush_forever(), name="eventgate-flush-counts")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     state.flush_counts()
+    await state.refresh()
     state.quotas.close()
 
 

@@ -13,6 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from gateway.errors import ConfigError
+from gateway.pipeline.filters import DestinationFilterConfig
+from gateway.pipeline.protocols import ProtocolsOptions, TrackingPlanConfig
+from gateway.pipeline.transforms import TransformationConfig
 
 __all__ = [
     "BatchConfig",
@@ -116,6 +119,13 @@ class SourceConfig(_Model):
     """Destination names this source feeds; omitted means every destination."""
     quota: QuotaConfig | None = None
     """Requests per minute and events per month; omitted means unlimited."""
+    tracking_plan: str | None = None
+    """The name of a plan in ``tracking_plans`` to check this source's events against."""
+    protocols: ProtocolsOptions = ProtocolsOptions()
+    """What the tracking plan does with unplanned events, unplanned properties and violations."""
+    transformations: list[TransformationConfig] = []
+    """Source-scope transformations, applied before events are stored (and so before every
+    destination's filters)."""
 
     @model_validator(mode="after")
     def _has_a_key(self) -> SourceConfig:
@@ -182,6 +192,10 @@ class DestinationConfig(_Model):
     retry: RetryConfig = RetryConfig()
     circuit: CircuitConfig = CircuitConfig()
     flow: FlowConfig = FlowConfig()
+    filters: list[DestinationFilterConfig] = Field([], max_length=10)
+    """Destination filters (at most 10), applied in Segment's order whatever their order here."""
+    transformations: list[TransformationConfig] = []
+    """Destination-scope transformations, applied after the filters."""
     ordering: Literal["none", "per_user"] = "none"
     """``per_user``: a user's later events wait behind their earlier event while it is retried
     (other users keep flowing); at most one event per user is sent at a time while one waits."""
@@ -200,6 +214,7 @@ class GatewayConfig(_Model):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    tracking_plans: list[TrackingPlanConfig] = []
     sources: list[SourceConfig] = Field(min_length=1)
     destinations: list[DestinationConfig] = []
 
@@ -210,6 +225,14 @@ class GatewayConfig(_Model):
         keys = [k.get_secret_value() for s in self.sources for k in (*s.write_keys, *s.api_keys)]
         if len(set(keys)) != len(keys):
             raise ValueError("a key is used twice; every write key and API key must be unique")
+        _unique("tracking_plans", [p.name for p in self.tracking_plans])
+        plans = {p.name for p in self.tracking_plans}
+        for source in self.sources:
+            if source.tracking_plan is not None and source.tracking_plan not in plans:
+                raise ValueError(
+                    f"source {source.name!r} uses tracking plan {source.tracking_plan!r}, which "
+                    f"is not in tracking_plans; defined plans: {sorted(plans) or 'none'}"
+                )
         names = {d.name for d in self.destinations}
         for source in self.sources:
             for name in source.destinations or []:
@@ -352,6 +375,10 @@ def parse_config(
         problems.extend(_problems_from(exc, model=GatewayConfig, prefix="", file=file))
     if plugin_manager is not None:
         problems.extend(_destination_problems(data.get("destinations"), plugin_manager, file))
+        if config is not None and not problems:
+            from gateway.pipeline.build import pipeline_problems  # noqa: PLC0415 - import cycle
+
+            problems.extend(pipeline_problems(config, plugin_manager, file))
     if problems or config is None:
         raise ConfigError(problems)
     return config

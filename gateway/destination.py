@@ -10,6 +10,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from gateway.errors import DeliveryError, RetryableDeliveryError
+from gateway.pipeline.integrations import IntegrationKind
 
 __all__ = ["BatchDestination", "Destination", "Event", "NoSettings", "deliver"]
 
@@ -81,6 +82,9 @@ class Destination(abc.ABC, Generic[SettingsT]):
     default_batch: ClassVar[Mapping[str, float] | None] = None
     """The ``batch`` config (``max_events``, ``max_age_s``) of a destination of this type whose
     YAML gives none; ``None``: the router's defaults."""
+    integration_kind: ClassVar[IntegrationKind] = "destination"
+    """How the ``integrations`` object applies: ``destination`` (by name, display name and
+    ``All``), ``warehouse`` (``Warehouses`` instead of ``All``) or ``archive`` (ignored)."""
     supports_user_deletion: ClassVar[bool] = False
     """Whether :meth:`delete_user` is implemented (privacy deletion requests call it)."""
 

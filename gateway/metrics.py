@@ -104,9 +104,9 @@ class Metrics:
         )
         self.filtered = Counter(
             "eventgate_events_filtered",
-            "Events a destination did not receive by rule (source_not_routed: the event's source "
-            "does not feed this destination)",
-            ["destination", "rule"],
+            "Events left out or changed by a routing rule, by source, destination (empty: at "
+            "the source, before storing), rule and action",
+            ["source", "destination", "rule", "action"],
             registry=r,
         )
         self.delivery_failures = Counter(

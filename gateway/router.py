@@ -29,7 +29,9 @@ from gateway.errors import DeliveryError, RetryableDeliveryError
 from gateway.flow import FlowControl
 from gateway.log.base import DeadLetter, EventLog, PendingRetry, ReadResult
 from gateway.metrics import Metrics, observe_many
-from gateway.plugins import destination_types
+from gateway.pipeline.build import destination_stage
+from gateway.pipeline.destination_stage import DestinationStage
+from gateway.plugins import destination_types, transforms
 from gateway.privacy import DeletionWorker
 from gateway.retry import RetryPolicy
 from gateway.stats import DeliveryTally
@@ -83,8 +85,10 @@ class DestinationWorker:
         flow: FlowControl | None = None,
         tally: DeliveryTally | None = None,
         age: _QueueDepth | None = None,
+        stage: DestinationStage | None = None,
     ) -> None:
         self.name = config.name
+        self.stage = stage or DestinationStage(config.name)
         self._per_user = config.ordering == "per_user"
         self.tally = tally or DeliveryTally()
         self.circuit = circuit
@@ -111,7 +115,8 @@ class DestinationWorker:
         self._depth = depth
         self._age = age or _QueueDepth(metrics.oldest_pending_age.labels(self.name), max)
         self._in_flight = metrics.in_flight.labels(self.name)
-        self._not_routed = metrics.filtered.labels(self.name, "source_not_routed")
+        # The log skips other sources' events without reading them, so their source is unknown.
+        self._not_routed = metrics.filtered.labels("*", self.name, "source_not_routed", "skipped")
         self._attempt_duration = metrics.attempt_duration.labels(self.name)
 
     async def start(self) -> None:
@@ -267,9 +272,18 @@ class DestinationWorker:
     async def _deliver_first_attempt(self, events: Sequence[Event]) -> bool:
         """Deliver new events once; what fails goes to the retry table or the dead letters.
 
-        Returns ``False`` (nothing sent) while the destination's circuit is open.
+        The destination stage (integrations, filters, transformations) runs first; what it
+        leaves out is counted by rule and is done. Returns ``False`` (nothing sent) while the
+        destination's circuit is open.
         """
-        return await self._attempt(events, None)
+        if self.circuit is not None and self.circuit.wait_s() > 0:
+            return False  # keep the events unjudged in the log until the circuit lets them go
+        kept, left_out = self.stage.apply(events)
+        for (source, rule, action), count in left_out.items():
+            self.metrics.filtered.labels(source, self.name, rule, action).inc(count)
+        if not kept:
+            return True
+        return await self._attempt(kept, None)
 
     async def _deliver_due_retries(self) -> bool:
         """Deliver up to a batch of this destination's due retries; return whether any were."""
@@ -527,11 +541,13 @@ class Router:
         after it cannot have an acknowledged event skipped.
         """
         types = destination_types(self.plugin_manager)
+        named = transforms(self.plugin_manager)
         for dest in self.config.destinations:
             if not dest.enabled:
                 continue
             cls = types[dest.type].cls
             destination = cls(dest.name, cls.settings_model.model_validate(dest.settings))
+            stage = destination_stage(dest, cls, named)
             destination.bind_counter(functools.partial(self._count, dest.name))
             await destination.open()
             self.destinations[dest.name] = destination
@@ -555,6 +571,7 @@ class Router:
                     flow=flow,
                     tally=self.tally,
                     age=age,
+                    stage=stage,
                 )
                 await worker.start()
                 self.workers[dest.name].append(worker)

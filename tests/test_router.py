@@ -287,9 +287,10 @@ async def test_sources_feed_only_their_destinations(start: Harness, recorder: Re
     await eventually(lambda: len(recorder.delivered.get("b", [])) == 2)
     await eventually(lambda: len(recorder.delivered.get("a", [])) == 4)
     assert recorder.delivered["b"] == ["m2", "m3"]
-    filtered = router.metrics.filtered.labels("b", "source_not_routed")
+    filtered = router.metrics.filtered.labels("*", "b", "source_not_routed", "skipped")
     await eventually(lambda: filtered._value.get() == 2)
-    assert router.metrics.filtered.labels("a", "source_not_routed")._value.get() == 0
+    routed = router.metrics.filtered.labels("*", "a", "source_not_routed", "skipped")
+    assert routed._value.get() == 0
 
 
 async def test_new_destination_starts_at_the_end(start: Harness, recorder: Recorder) -> None:

@@ -22,6 +22,7 @@ from destinations.warehouse.plan import merge_users
 from destinations.warehouse.schema import Row, rows_of
 from gateway.destination import BatchDestination, Destination, Event
 from gateway.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from gateway.pipeline.integrations import IntegrationKind
 from gateway.plugins import hookimpl
 
 __all__ = ["WarehouseDestination", "WarehouseSettings", "register_destination_types"]
@@ -78,6 +79,7 @@ class WarehouseDestination(BatchDestination[WarehouseSettings]):
     settings_model: ClassVar[type[BaseModel]] = WarehouseSettings
     default_batch: ClassVar[Mapping[str, float] | None] = {"max_events": 5000, "max_age_s": 2.0}
     supports_user_deletion: ClassVar[bool] = True
+    integration_kind: ClassVar[IntegrationKind] = "warehouse"
 
     def __init__(self, name: str, settings: WarehouseSettings) -> None:
         super().__init__(name, settings)

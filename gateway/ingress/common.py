@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -13,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from gateway.config import GatewayConfig
-from gateway.control import ControlStore
+from gateway.control import ControlStore, ViolationKey
 from gateway.errors import (
     EventRejectedError,
     RequestRejectedError,
@@ -25,6 +26,7 @@ from gateway.ingress.auth import KeyRing
 from gateway.ingress.quota import QuotaBook, SourceQuota
 from gateway.log.base import EventLog
 from gateway.metrics import Metrics
+from gateway.pipeline.source_stage import SourceStage
 
 __all__ = ["IngressState", "add_json_fallback", "json_errors", "json_response"]
 
@@ -56,6 +58,11 @@ class IngressState:
         self.log = event_log
         self.metrics = metrics
         self.control = ControlStore(config.storage.data_dir)
+        self.configured_suppressions = frozenset(config.privacy.suppressed_user_ids)
+        self.suppressed = self.configured_suppressions
+        """Suppressed user ids: the config's and the control store's (see :meth:`refresh`)."""
+        self.stages: dict[str, SourceStage] = {}
+        """Each source's stage, set by the app (it needs the plugin manager)."""
         self.quotas = QuotaBook(
             config.storage.data_dir / "quotas",
             {s.name: SourceQuota(*s.quota.resolved()) for s in config.sources if s.quota},
@@ -64,6 +71,8 @@ class IngressState:
         # write per request was 2% of single-event ingest CPU.
         self._received: Counter[str] = Counter()
         self._deduplicated: Counter[str] = Counter()
+        self._filtered: Counter[tuple[str, str, str]] = Counter()
+        self._violations: dict[ViolationKey, tuple[int, float, str]] = {}
 
     def handler(self, handler: _Handler) -> _Handler:
         """``handler`` with refusals answered as JSON (see :func:`json_errors`)."""
@@ -115,6 +124,15 @@ class IngressState:
         if rejected:
             codes = Counter(r["code"] for r in rejected)
             log.info("ingress.events_rejected", source=source, count=len(rejected), codes=codes)
+        stage = self.stages.get(source)
+        if stage is not None and events:
+            staged = stage.apply(events)
+            events = staged.events
+            for (rule, action), count in staged.counts.items():
+                self._filtered[source, rule, action] += count
+            for key, (count, seen, description) in staged.violations.items():
+                before = self._violations.get(key, (0, 0.0, ""))[0]
+                self._violations[key] = (before + count, seen, description)
         if not events:
             return
         try:
@@ -148,6 +166,17 @@ class IngressState:
             for source, count in counts.items():
                 metric.labels(source).inc(count)
             counts.clear()
+        for (source, rule, action), count in self._filtered.items():
+            self.metrics.filtered.labels(source, "", rule, action).inc(count)
+        self._filtered.clear()
+
+    async def refresh(self) -> None:
+        """Re-read the suppression list and save the violations counted since the last call."""
+        stored = await asyncio.to_thread(self.control.suppressed_ids)
+        self.suppressed = self.configured_suppressions | stored
+        if self._violations:
+            violations, self._violations = self._violations, {}
+            await asyncio.to_thread(self.control.add_violations, violations)
 
     def count_rejected(self, source: str, code: str) -> None:
         """Count one event refused at ingress."""
