@@ -34,9 +34,7 @@ _MAX_RETRY_S = 3 * 3600.0
 class DeletionWorker:
     """Works through the deletion requests in ``control`` for ``destinations``."""
 
-    def __init__(
-        self, control: ControlStore, destinations: Mapping[str, Destination[Any]]
-    ) -> None:
+    def __init__(self, control: ControlStore, destinations: Mapping[str, Destination[Any]]) -> None:
         self.control = control
         self.destinations = destinations
 
