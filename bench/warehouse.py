@@ -165,7 +165,7 @@ def reference_duckdb(path: Path, plans: Plans) -> dict[str, float]:
     files = {}
     for table, plan in plans.items():
         files[table] = path.with_name(f"{table}.jsonl")
-        lines = (orjson.dumps(dict(zip(plan.columns, r, strict=True))) for r in plan.records)
+        lines = (orjson.dumps(row) for row in plan.rows)
         files[table].write_bytes(b"\n".join(lines))
     written = time.perf_counter()
     conn.begin()
@@ -301,7 +301,7 @@ async def run_backend(
 ) -> dict[str, Any]:
     """The reference load, then the gateway, then the counts: the backend's results."""
     n = len(bodies) * BATCH
-    rows = sum(len(plan.records) for plan in plans.values())
+    rows = sum(len(plan.rows) for plan in plans.values())
     work = tmp / backend
     work.mkdir()
     if backend == "duckdb":

@@ -8,6 +8,7 @@ already loaded. See ``docs/warehouse.md`` for the layout and the rules.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -52,9 +53,11 @@ class WarehouseSettings(BaseModel):
         le=1600,
         description="Columns a table may grow to; later new keys go to its _unmapped column.",
     )
-    release_file_between_loads: bool = Field(
-        True,
-        description="duckdb: close the file after each load, so other processes can query it.",
+    release_file_after_s: float | None = Field(
+        1.0,
+        ge=0,
+        description="duckdb: close the file once no load has used it for this long, so other "
+        "processes can open it (0: after every load; null: keep it open).",
     )
     pool_size: int = Field(2, ge=1, le=64, description="postgres: connections to keep open.")
 
@@ -153,10 +156,11 @@ def _backend_for(settings: WarehouseSettings) -> WarehouseBackend:
     return DuckDBWarehouse(
         settings.path,
         max_columns=settings.max_columns,
-        release_file_between_loads=settings.release_file_between_loads,
+        release_file_after_s=settings.release_file_after_s,
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def schema_name(source: str) -> str:
     """The warehouse schema of the source named ``source``."""
     return identifier(snake_case(source))

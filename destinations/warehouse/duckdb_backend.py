@@ -1,15 +1,18 @@
 """The embedded warehouse: one DuckDB file, a schema per source.
 
-DuckDB lets one process at a time open a file for writing. By default the file is opened for
-each load and closed after it (``release_file_between_loads``), so ``duckdb data/warehouse.duckdb``
-can query it while the gateway runs; a load that finds the file taken is retried.
+DuckDB lets one process at a time open a file for writing. The file stays open while loads keep
+coming and is closed once none has used it for ``release_file_after_s`` seconds, so another
+process (``duckdb -readonly``, a notebook) can query it whenever loads pause; a load that finds
+the file taken is retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -48,11 +51,15 @@ class DuckDBWarehouse(WarehouseBackend):
 
     type_names = _TYPE_NAMES
 
-    def __init__(self, path: Path, *, max_columns: int, release_file_between_loads: bool) -> None:
+    def __init__(
+        self, path: Path, *, max_columns: int, release_file_after_s: float | None = 1.0
+    ) -> None:
         self.path = path
         self.max_columns = max_columns
-        self.release_file_between_loads = release_file_between_loads
+        self.release_file_after_s = release_file_after_s
         self._conn: duckdb.DuckDBPyConnection | None = None
+        self._last_used = 0.0
+        self._releaser: asyncio.Task[None] | None = None
         # DuckDB connections are not to be shared across threads: every call runs on this one.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventgate-duckdb")
 
@@ -60,9 +67,15 @@ class DuckDBWarehouse(WarehouseBackend):
         """Create the file's directory and check that the file can be opened."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await self._run(lambda conn: None)
+        if self.release_file_after_s:
+            self._releaser = asyncio.create_task(self._release_when_idle(self.release_file_after_s))
 
     async def close(self) -> None:
         """Close the file and stop the worker thread."""
+        if self._releaser is not None:
+            self._releaser.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._releaser
         await self._call(self._disconnect)
         self._thread.shutdown(wait=True)
 
@@ -88,10 +101,23 @@ class DuckDBWarehouse(WarehouseBackend):
             try:
                 return work(conn)
             finally:
-                if self.release_file_between_loads:
+                self._last_used = time.monotonic()
+                if self.release_file_after_s == 0:
                     self._disconnect()
 
         return await self._call(call)
+
+    async def _release_when_idle(self, idle_s: float) -> None:
+        """Close the file whenever no call has used it for ``idle_s`` seconds."""
+
+        def release_if_idle() -> None:
+            if time.monotonic() - self._last_used >= idle_s:
+                self._disconnect()
+
+        while True:
+            await asyncio.sleep(min(idle_s / 2, 0.5))
+            if self._conn is not None and time.monotonic() - self._last_used >= idle_s:
+                await self._call(release_if_idle)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
@@ -131,7 +157,7 @@ class DuckDBWarehouse(WarehouseBackend):
                     )
                     changes.extend(self._apply_ddl(conn, schema, plan))
                     self._insert(conn, schema, plan)
-                    rows += len(plan.records)
+                    rows += len(plan.rows)
                     unmapped += plan.unmapped_values
             conn.commit()
         except duckdb.Error as exc:
@@ -170,11 +196,7 @@ class DuckDBWarehouse(WarehouseBackend):
         try:
             with os.fdopen(fd, "wb") as file:
                 columns = plan.columns
-                file.write(
-                    b"\n".join(
-                        orjson.dumps(dict(zip(columns, r, strict=True))) for r in plan.records
-                    )
-                )
+                file.write(b"\n".join(map(orjson.dumps, plan.rows)))
             names = ", ".join(quote(c) for c in columns)
             types = {c: _TYPE_NAMES[plan.types[c]] for c in columns}
             target = f"{quote(schema)}.{quote(plan.table)}"

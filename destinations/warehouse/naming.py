@@ -11,6 +11,7 @@ names that share a prefix still differ.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -73,6 +74,7 @@ def column_name(path: tuple[str, ...], max_bytes: int = MAX_IDENTIFIER_BYTES) ->
     return identifier("_".join(filter(None, map(snake_case, path))), max_bytes)
 
 
+@functools.lru_cache(maxsize=4096)
 def table_name(event: str, max_bytes: int = MAX_IDENTIFIER_BYTES) -> str:
     """The table of a track event named ``event``; never one of :data:`STANDARD_TABLES`."""
     slug = snake_case(event)

@@ -26,6 +26,7 @@ from destinations.warehouse.schema import (
     type_of,
     widen,
 )
+from gateway.events import format_timestamp
 
 __all__ = ["Conflict", "TablePlan", "merge_users", "plan_table"]
 
@@ -49,9 +50,19 @@ class TablePlan:
     widen: Mapping[str, ColumnType]
     columns: Sequence[str]
     types: Mapping[str, ColumnType]
-    records: Sequence[tuple[Any, ...]]
+    rows: Sequence[Mapping[str, Any]]
+    """Each row's values by column, in its column's type; timestamps as ISO-8601 text."""
     conflict: Conflict
     unmapped_values: int
+
+    @property
+    def records(self) -> list[tuple[Any, ...]]:
+        """The rows as tuples in :attr:`columns` order, timestamps as ``datetime`` (for COPY)."""
+        stamps = {c for c in self.columns if self.types[c] is ColumnType.TIMESTAMP}
+        return [
+            tuple(_datetime(row.get(c)) if c in stamps else row.get(c) for c in self.columns)
+            for row in self.rows
+        ]
 
     @property
     def changes_schema(self) -> bool:
@@ -71,32 +82,11 @@ def plan_table(
 
     A value whose column cannot be added (the table has ``max_columns``), that does not fit a
     reserved column's fixed type, or a string holding NUL goes to the row's ``_unmapped`` JSON
-    instead; nothing is dropped.
+    instead; nothing is dropped. The rows' value dicts are reused (and edited) for the plan.
     """
     rows = list(rows)
     have = dict(existing or {})
-    needed: dict[str, ColumnType] = {}
-    for row in rows:
-        for column, value in list(row.values.items()):
-            if value is None:
-                del row.values[column]
-                continue
-            if isinstance(value, str) and "\x00" in value:
-                # PostgreSQL's text cannot hold NUL; keep the value rather than fail the load.
-                # An id must stay (the row's key): NUL becomes U+FFFD, the same on every replay.
-                if column == "id":
-                    row.values["id"] = value.replace("\x00", "\ufffd")
-                else:
-                    row.unmapped[column] = row.values.pop(column)
-                    continue
-            kind = type_of(value)
-            fixed = RESERVED_COLUMNS.get(column)
-            if fixed is not None:
-                if widen(fixed, kind) is not fixed:
-                    row.unmapped[column] = row.values.pop(column)
-                    continue
-                kind = fixed
-            needed[column] = widen(needed.get(column, kind), kind)
+    needed, mixed = _column_types(rows)
     add: dict[str, ColumnType] = {}
     widened: dict[str, ColumnType] = {}
     overflow: set[str] = set()
@@ -108,22 +98,23 @@ def plan_table(
                 overflow.add(column)
             else:
                 add[column] = kind
-        elif widen(current, kind) is not current:
-            widened[column] = widen(current, kind)
+        elif current is not kind:
+            mixed.add(column)
+            if widen(current, kind) is not current:
+                widened[column] = widen(current, kind)
     if overflow:
         for row in rows:
             for column in overflow & row.values.keys():
                 row.unmapped[column] = row.values.pop(column)
-    unmapped_values = sum(len(row.unmapped) for row in rows)
-    if unmapped_values and UNMAPPED_COLUMN not in have:
-        add[UNMAPPED_COLUMN] = ColumnType.TEXT
     types = {**have, **add, **widened, "uuid_ts": ColumnType.TIMESTAMP}
     if "uuid_ts" not in have:
         add["uuid_ts"] = ColumnType.TIMESTAMP
-    columns = sorted({c for row in rows for c in row.values} | {"uuid_ts"})
-    if unmapped_values:
-        columns.append(UNMAPPED_COLUMN)
-    records = [_record(row, columns, types, loaded_at) for row in rows]
+    coerced = [(c, types[c]) for c in mixed if c in types]
+    unmapped_values = _finish(rows, coerced, format_timestamp(loaded_at))
+    if unmapped_values and UNMAPPED_COLUMN not in have:
+        add[UNMAPPED_COLUMN] = ColumnType.TEXT
+        types[UNMAPPED_COLUMN] = ColumnType.TEXT
+    columns = sorted({c for row in rows for c in row.values})
     return TablePlan(
         table=table,
         create=existing is None,
@@ -131,25 +122,83 @@ def plan_table(
         widen=widened,
         columns=columns,
         types={c: types[c] for c in columns},
-        records=records,
+        rows=[row.values for row in rows],
         conflict=Conflict.NEWER_WINS if table == "users" else Conflict.KEEP,
         unmapped_values=unmapped_values,
     )
 
 
-def _record(
-    row: Row, columns: Sequence[str], types: Mapping[str, ColumnType], loaded_at: datetime
-) -> tuple[Any, ...]:
-    values: list[Any] = []
-    for column in columns:
-        if column == "uuid_ts":
-            values.append(loaded_at)
-        elif column == UNMAPPED_COLUMN:
-            values.append(orjson.dumps(row.unmapped).decode() if row.unmapped else None)
-        else:
-            value = row.values.get(column)
-            values.append(None if value is None else coerce(value, types[column]))
-    return tuple(values)
+def _column_types(rows: Sequence[Row]) -> tuple[dict[str, ColumnType], set[str]]:
+    """Each column's type over ``rows``, and the columns with a value not of that type.
+
+    Values that cannot be stored (NUL in text, a wrong type for a reserved column) move to their
+    row's ``unmapped`` here; ``None`` values are dropped.
+    """
+    needed: dict[str, ColumnType] = {}
+    # Columns with a value whose Python form is not its column's (a bool in a bigint column, a
+    # list in a text column): only these are coerced, value by value, later.
+    mixed: set[str] = set()
+    text, boolean, double = ColumnType.TEXT, ColumnType.BOOLEAN, ColumnType.DOUBLE
+    for row in rows:
+        values = row.values
+        for column, value in list(values.items()):
+            python_type = type(value)
+            # type_of, inlined for the common cases: this loop runs for every value loaded.
+            if python_type is str:
+                if "\x00" in value:
+                    # PostgreSQL's text cannot hold NUL; keep the value rather than fail the
+                    # load. An id stays (the row's key): NUL becomes U+FFFD, on every replay too.
+                    if column != "id":
+                        row.unmapped[column] = values.pop(column)
+                        continue
+                    values["id"] = value.replace("\x00", "\ufffd")
+                kind = type_of(value) if len(value) >= 16 and value[4] == "-" else text
+            elif python_type is bool:
+                kind = boolean
+            elif python_type is float:
+                kind = double
+            elif value is None:
+                del values[column]
+                continue
+            else:
+                kind = type_of(value)
+                if kind is text:
+                    mixed.add(column)  # an array or a huge integer: stored as JSON text
+            fixed = RESERVED_COLUMNS.get(column)
+            if fixed is not None:
+                if widen(fixed, kind) is not fixed:
+                    row.unmapped[column] = values.pop(column)
+                    continue
+                if kind is not fixed:
+                    mixed.add(column)
+                kind = fixed
+            seen = needed.get(column)
+            if seen is None:
+                needed[column] = kind
+            elif seen is not kind:
+                needed[column] = widen(seen, kind)
+                mixed.add(column)
+    return needed, mixed
+
+
+def _finish(rows: Sequence[Row], coerced: Sequence[tuple[str, ColumnType]], loaded: str) -> int:
+    """Coerce the mixed columns, stamp ``uuid_ts``, fold ``unmapped`` in; the unmapped count."""
+    unmapped_values = 0
+    for row in rows:
+        values = row.values
+        for column, kind in coerced:
+            value = values.get(column)
+            if value is not None:
+                values[column] = coerce(value, kind)
+        values["uuid_ts"] = loaded
+        if row.unmapped:
+            unmapped_values += len(row.unmapped)
+            values[UNMAPPED_COLUMN] = orjson.dumps(row.unmapped).decode()
+    return unmapped_values
+
+
+def _datetime(value: Any) -> Any:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def merge_users(rows: Iterable[Row]) -> list[Row]:

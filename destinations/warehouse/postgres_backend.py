@@ -112,7 +112,7 @@ class PostgresWarehouse(WarehouseBackend):
                 )
                 changes.extend(await self._apply_ddl(conn, schema, plan, existing or {}))
                 await self._insert(conn, schema, plan)
-                rows += len(plan.records)
+                rows += len(plan.rows)
                 unmapped += plan.unmapped_values
         return LoadResult(rows=rows, unmapped_values=unmapped, schema_changes=changes)
 

@@ -10,8 +10,9 @@ the first type it got, widened (never narrowed) when a value needs more room:
 from __future__ import annotations
 
 import enum
+import functools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,8 +21,8 @@ import orjson
 
 from destinations.warehouse.naming import (
     MAX_IDENTIFIER_BYTES,
-    column_name,
     identifier,
+    snake_case,
     table_name,
 )
 
@@ -88,14 +89,20 @@ _MAX_DEPTH = 8  # deeper objects are stored as JSON text in the column of their 
 
 def type_of(value: Any) -> ColumnType:
     """The narrowest column type that holds ``value`` (a JSON scalar or an array)."""
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is str:
+        # Cheap checks first: most strings are not timestamps.
+        if len(value) >= 16 and value[4] == "-" and _TIMESTAMP.fullmatch(value):
+            return ColumnType.TIMESTAMP if _parses(value) else ColumnType.TEXT
+        return ColumnType.TEXT
+    if kind is bool:
         return ColumnType.BOOLEAN
-    if isinstance(value, int):
+    if kind is float:
+        return ColumnType.DOUBLE
+    if isinstance(value, int) and not isinstance(value, bool):
         return ColumnType.BIGINT if value in _INT64 else ColumnType.TEXT
     if isinstance(value, float):
         return ColumnType.DOUBLE
-    if isinstance(value, str) and _TIMESTAMP.fullmatch(value) and _parses(value):
-        return ColumnType.TIMESTAMP
     return ColumnType.TEXT
 
 
@@ -109,7 +116,10 @@ def widen(a: ColumnType, b: ColumnType) -> ColumnType:
 
 
 def coerce(value: Any, column: ColumnType) -> Any:
-    """``value`` as a Python value of ``column``'s type, which is ``type_of(value)`` or wider."""
+    """``value`` as a Python value of ``column``'s type, which is ``type_of(value)`` or wider.
+
+    Timestamps stay text: DuckDB parses them, the PostgreSQL backend converts them for COPY.
+    """
     if column is ColumnType.TEXT:
         if isinstance(value, str):
             return value
@@ -122,9 +132,7 @@ def coerce(value: Any, column: ColumnType) -> Any:
         return float(value)
     if column is ColumnType.BIGINT:
         return int(value)
-    if column is ColumnType.TIMESTAMP:
-        return datetime.fromisoformat(value)
-    return value
+    return value  # booleans stay booleans; timestamps stay ISO-8601 text (parsed by the backend)
 
 
 def _parses(text: str) -> bool:
@@ -157,8 +165,8 @@ def rows_of(message: Mapping[str, Any], max_bytes: int = MAX_IDENTIFIER_BYTES) -
         if value is not None:
             common[column] = value
     context = message.get("context")
-    if isinstance(context, Mapping):
-        _flatten(context, ("context",), common, unmapped, max_bytes)
+    if isinstance(context, dict):
+        _flatten(context, "context", 1, common, max_bytes)
     kind = message.get("type")
     if kind == "track":
         name = str(message.get("event", ""))
@@ -167,22 +175,21 @@ def rows_of(message: Mapping[str, Any], max_bytes: int = MAX_IDENTIFIER_BYTES) -
         common["event_text"] = name
         tracks = Row("tracks", common, dict(unmapped))
         own = dict(common)
-        _flatten_properties(message.get("properties"), own, unmapped, max_bytes)
+        _flatten_properties(message.get("properties"), own, max_bytes)
         return [tracks, Row(slug, own, unmapped)]
     if kind == "identify":
         row = dict(common)
-        _flatten_properties(message.get("traits"), row, unmapped, max_bytes)
+        _flatten_properties(message.get("traits"), row, max_bytes)
         rows = [Row("identifies", row, unmapped)]
         user_id = message.get("userId")
         if user_id is not None:
             user: dict[str, Any] = {"id": str(user_id), "received_at": common.get("received_at")}
-            user_unmapped: dict[str, Any] = {}
-            _flatten_properties(message.get("traits"), user, user_unmapped, max_bytes)
-            rows.append(Row("users", user, user_unmapped))
+            _flatten_properties(message.get("traits"), user, max_bytes)
+            rows.append(Row("users", user, {}))
         return rows
     row = dict(common)
     if kind in ("page", "screen"):
-        _flatten_properties(message.get("properties"), row, unmapped, max_bytes)
+        _flatten_properties(message.get("properties"), row, max_bytes)
         for key in ("name", "category"):
             if message.get(key) is not None:
                 row[key] = message[key]
@@ -190,7 +197,7 @@ def rows_of(message: Mapping[str, Any], max_bytes: int = MAX_IDENTIFIER_BYTES) -
     if kind == "group":
         if message.get("groupId") is not None:
             row["group_id"] = message["groupId"]
-        _flatten_properties(message.get("traits"), row, unmapped, max_bytes)
+        _flatten_properties(message.get("traits"), row, max_bytes)
         return [Row("groups", row, unmapped)]
     if kind == "alias":
         if message.get("previousId") is not None:
@@ -199,40 +206,51 @@ def rows_of(message: Mapping[str, Any], max_bytes: int = MAX_IDENTIFIER_BYTES) -
     return []
 
 
-def _flatten_properties(
-    values: Any, row: dict[str, Any], unmapped: dict[str, Any], max_bytes: int
-) -> None:
-    if isinstance(values, Mapping):
-        _flatten(values, (), row, unmapped, max_bytes, guard_reserved=True)
+def _flatten_properties(values: Any, row: dict[str, Any], max_bytes: int) -> None:
+    if isinstance(values, dict):
+        _flatten(values, "", 1, row, max_bytes, guard_reserved=True)
 
 
 def _flatten(
-    values: Mapping[str, Any],
-    prefix: tuple[str, ...],
+    values: dict[str, Any],
+    prefix: str,
+    depth: int,
     row: dict[str, Any],
-    unmapped: dict[str, Any],
     max_bytes: int,
     *,
     guard_reserved: bool = False,
 ) -> None:
-    for value, path in _leaves(values, prefix):
+    """Add ``values``'s leaves to ``row``; ``prefix`` is the snake_cased path so far."""
+    for key, value in values.items():
         if value is None:
             continue
-        column = column_name(path, max_bytes)
-        if guard_reserved and column in RESERVED_COLUMNS:
-            column = identifier("_" + column, max_bytes)
+        leaf = value
+        if isinstance(value, dict):
+            if not value:
+                continue
+            if depth + 1 < _MAX_DEPTH:
+                _flatten(value, _joined(prefix, key), depth + 1, row, max_bytes,
+                         guard_reserved=guard_reserved)  # fmt: skip
+                continue
+            leaf = orjson.dumps(value).decode()
         # Keys that snake_case alike ("sampleText", "sample_text") share a column; the later wins.
-        row[column] = value
+        row[_column(prefix, key, max_bytes, guard_reserved)] = leaf
 
 
-def _leaves(
-    values: Mapping[str, Any], prefix: tuple[str, ...]
-) -> Iterator[tuple[Any, tuple[str, ...]]]:
-    for key, value in values.items():
-        path = (*prefix, str(key))
-        if isinstance(value, Mapping) and value and len(path) < _MAX_DEPTH:
-            yield from _leaves(value, path)
-        elif isinstance(value, Mapping):
-            yield (orjson.dumps(value).decode() if value else None), path
-        else:
-            yield value, path
+# Names repeat across events (the same few hundred keys), so each is worked out once: naming
+# was most of the warehouse's CPU per event before. Bounded, so odd keys cannot grow memory.
+@functools.lru_cache(maxsize=16384)
+def _joined(prefix: str, key: str) -> str:
+    """The snake_case path of ``key`` under ``prefix`` (before reserved-word prefixing)."""
+    part = snake_case(str(key))
+    if not part:
+        return prefix
+    return f"{prefix}_{part}" if prefix else part
+
+
+@functools.lru_cache(maxsize=16384)
+def _column(prefix: str, key: str, max_bytes: int, guard_reserved: bool) -> str:
+    column = identifier(_joined(prefix, key), max_bytes)
+    if guard_reserved and column in RESERVED_COLUMNS:
+        column = identifier("_" + column, max_bytes)
+    return column

@@ -188,7 +188,7 @@ async def test_data_error_dead_letters_only_the_bad_event(tmp_path: Path) -> Non
     """When the database refuses a batch for its data, only the event at fault fails."""
     destination = WarehouseDestination("dw", WarehouseSettings(path=tmp_path / "w.duckdb"))
     destination.backend = _PickyWarehouse(
-        tmp_path / "w.duckdb", max_columns=1000, release_file_between_loads=True
+        tmp_path / "w.duckdb", max_columns=1000, release_file_after_s=0
     )
     await destination.open()
     batch = [make_event(1), make_event(666), make_event(2)]
@@ -204,7 +204,7 @@ async def test_data_error_dead_letters_only_the_bad_event(tmp_path: Path) -> Non
 async def test_file_held_by_another_process_is_retried(tmp_path: Path) -> None:
     """A DuckDB file another process holds makes the load retryable, and it succeeds later."""
     path = tmp_path / "w.duckdb"
-    destination = WarehouseDestination("dw", WarehouseSettings(path=path))
+    destination = WarehouseDestination("dw", WarehouseSettings(path=path, release_file_after_s=0))
     await destination.open()
     holder = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -247,3 +247,29 @@ async def test_default_batch_applies_when_config_has_none(tmp_path: Path) -> Non
         2.0,
     )
     assert config.destinations[1].batch.max_events == 10
+
+
+async def test_duckdb_file_is_released_when_loads_pause(tmp_path: Path) -> None:
+    """The file stays open across loads and is closed after release_file_after_s of quiet."""
+    path = tmp_path / "w.duckdb"
+    destination = WarehouseDestination("dw", WarehouseSettings(path=path, release_file_after_s=0.2))
+    await destination.open()
+    backend = destination.backend
+    assert isinstance(backend, DuckDBWarehouse)
+    await deliver(destination, [make_event(1)])
+    assert backend._conn is not None  # kept for the next load
+    deadline = time.monotonic() + 5
+    while backend._conn is not None:
+        assert time.monotonic() < deadline, "the file was never released"
+        await asyncio.sleep(0.05)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c",
+        "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); "
+        "print(c.execute('SELECT count(*) FROM web.tracks').fetchone()[0])",
+        str(path), stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await holder.communicate()
+    assert out == b"1\n"
+    await deliver(destination, [make_event(2)])
+    assert await ids_in(destination, "tracks") == ["web-00000001", "web-00000002"]
+    await destination.close()
