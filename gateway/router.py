@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -43,6 +44,7 @@ log = structlog.get_logger("eventgate.router")
 _IDLE_WAIT_S = 1.0
 _MIN_PAUSE_S = 0.05
 _COMPACT_EVERY_S = 10.0
+_SUPPRESSIONS_EVERY_S = 0.5
 _STATS_EVERY_S = 5.0
 _REPLAYED = "replayed"  # the reason `eventgate dlq replay` gives a re-enqueued dead letter
 _HELD = "waiting behind an earlier event of this user"
@@ -532,7 +534,11 @@ class Router:
         self._compactor: asyncio.Task[None] | None = None
         self._stats_writer: asyncio.Task[None] | None = None
         self.control = ControlStore(config.storage.data_dir)
+        self._configured_suppressions = frozenset(config.privacy.suppressed_user_ids)
+        self.suppressed = self._configured_suppressions
+        """Suppressed user ids, re-read from the control store every ``_SUPPRESSIONS_EVERY_S``."""
         self._deleter: asyncio.Task[None] | None = None
+        self._suppressions: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open every enabled destination and start its workers.
@@ -540,6 +546,8 @@ class Router:
         New destinations' cursors are saved before this returns, so whoever starts ingress
         after it cannot have an acknowledged event skipped.
         """
+        await asyncio.to_thread(self.control.open)
+        await self._refresh_suppressions()
         types = destination_types(self.plugin_manager)
         named = transforms(self.plugin_manager)
         for dest in self.config.destinations:
@@ -547,7 +555,7 @@ class Router:
                 continue
             cls = types[dest.type].cls
             destination = cls(dest.name, cls.settings_model.model_validate(dest.settings))
-            stage = destination_stage(dest, cls, named)
+            stage = destination_stage(dest, cls, named, lambda: self.suppressed)
             destination.bind_counter(functools.partial(self._count, dest.name))
             await destination.open()
             self.destinations[dest.name] = destination
@@ -579,7 +587,9 @@ class Router:
         self._stats_writer = asyncio.create_task(
             self._write_stats_forever(), name="eventgate-stats"
         )
-        await asyncio.to_thread(self.control.open)
+        self._suppressions = asyncio.create_task(
+            self._refresh_suppressions_forever(), name="eventgate-suppressions"
+        )
         self._deleter = asyncio.create_task(
             DeletionWorker(self.control, self.destinations).run_forever(), name="eventgate-deleter"
         )
@@ -612,7 +622,7 @@ class Router:
 
     async def stop(self, grace_s: float) -> None:
         """Stop every worker (in-flight batches get ``grace_s``), then close the destinations."""
-        for task in (self._compactor, self._deleter):
+        for task in (self._compactor, self._deleter, self._suppressions):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -630,6 +640,18 @@ class Router:
             except Exception:  # one plugin's failure must not stop the others closing
                 log.exception("router.close_failed", destination=name)
         self.control.close()
+
+    async def _refresh_suppressions(self) -> None:
+        stored = await asyncio.to_thread(self.control.suppressed_ids)
+        self.suppressed = self._configured_suppressions | stored
+
+    async def _refresh_suppressions_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_SUPPRESSIONS_EVERY_S)
+            try:
+                await self._refresh_suppressions()
+            except sqlite3.Error:  # busy or broken: keep the last list, try again
+                log.exception("router.suppressions_failed")
 
     async def _write_stats_forever(self) -> None:
         while True:

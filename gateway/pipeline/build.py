@@ -46,15 +46,19 @@ def source_stages(
 
 
 def destination_stage(
-    dest: DestinationConfig, cls: type[Destination[Any]], named: Mapping[str, Transform]
+    dest: DestinationConfig,
+    cls: type[Destination[Any]],
+    named: Mapping[str, Transform],
+    suppressed: Callable[[], frozenset[str]] = frozenset,
 ) -> DestinationStage:
-    """The stage of destination ``dest`` (of type ``cls``)."""
+    """The stage of destination ``dest`` (of type ``cls``); see :class:`DestinationStage`."""
     return DestinationStage(
         dest.name,
         display_name=cls.display_name,
         kind=cls.integration_kind,
         filters=DestinationFilters.compile(dest.filters) if dest.filters else None,
         transformations=_transformations(dest.transformations, named),
+        suppressed=suppressed,
     )
 
 
