@@ -100,9 +100,12 @@ class WarehouseDestination(BatchDestination[WarehouseSettings]):
 
     async def send_batch(self, events: Sequence[Event]) -> Sequence[DeliveryError | None] | None:
         """Load ``events`` in one transaction; on a data error, one transaction per event."""
+        # Flattened before taking the lock: one shard's batch is flattened while another's
+        # load runs in the database.
+        tables = _tables(events)
         async with self._lock:
             try:
-                self._report(await self._load(events))
+                self._report(await self._load(tables))
             except WarehouseDataError as exc:
                 if len(events) == 1:
                     return [_refused(exc)]
@@ -118,15 +121,15 @@ class WarehouseDestination(BatchDestination[WarehouseSettings]):
             except (ConnectionError, OSError, TimeoutError) as exc:
                 raise RetryableDeliveryError(f"warehouse unreachable: {exc}") from exc
 
-    async def _load(self, events: Sequence[Event]) -> LoadResult:
+    async def _load(self, tables: dict[str, dict[str, list[Row]]]) -> LoadResult:
         try:
-            return await self.backend.load(_tables(events))
+            return await self.backend.load(tables)
         except (ConnectionError, OSError, TimeoutError) as exc:
             raise RetryableDeliveryError(f"warehouse unreachable: {exc}") from exc
 
     async def _load_alone(self, event: Event) -> DeliveryError | None:
         try:
-            self._report(await self._load([event]))
+            self._report(await self._load(_tables([event])))
         except WarehouseDataError as exc:
             return _refused(exc)
         except DeliveryError as exc:

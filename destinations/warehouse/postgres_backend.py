@@ -201,17 +201,28 @@ class PostgresWarehouse(WarehouseBackend):
 
     async def _insert(self, conn: Any, schema: str, plan: TablePlan) -> None:
         # COPY is the fast path but cannot skip existing ids, so rows go through a staging table
-        # with the plan's own types; the merge then casts them to the target's.
+        # with the plan's own types; the merge then casts them to the target's. Timestamps are
+        # staged as text and parsed by the server in the merge: parsing them in Python cost
+        # more than the COPY itself.
         stage = "pg_temp.eventgate_stage"
-        names = ", ".join(quote(c) for c in plan.columns)
-        typed = ", ".join(f"{quote(c)} {_TYPE_NAMES[plan.types[c]]}" for c in plan.columns)
+        columns = plan.columns
+        stamps = {c for c in columns if plan.types[c] is ColumnType.TIMESTAMP}
+        names = ", ".join(quote(c) for c in columns)
+        typed = ", ".join(
+            f"{quote(c)} {'text' if c in stamps else _TYPE_NAMES[plan.types[c]]}" for c in columns
+        )
         await conn.execute(f"CREATE TEMP TABLE {stage} ({typed}) ON COMMIT DROP")
+        records = [tuple(map(row.get, columns)) for row in plan.rows]
         await conn.copy_records_to_table(
-            "eventgate_stage", schema_name="pg_temp", records=plan.records, columns=plan.columns
+            "eventgate_stage", schema_name="pg_temp", records=records, columns=columns
+        )
+        selected = ", ".join(
+            f"{quote(c)}::timestamptz" if c in stamps else quote(c) for c in columns
         )
         target = f"{quote(schema)}.{quote(plan.table)}"
         await conn.execute(
-            f"INSERT INTO {target} AS t ({names}) SELECT {names} FROM {stage} " + _on_conflict(plan)
+            f"INSERT INTO {target} AS t ({names}) SELECT {selected} FROM {stage} "
+            + _on_conflict(plan)
         )
         # The next table of this load stages under the same name.
         await conn.execute(f"DROP TABLE {stage}")
