@@ -1,4 +1,4 @@
-"""Tests for gateway/router.py: per-destination workers, batching, retries, cursors."""
+"""Tests for gateway/router.py and gateway/worker.py: workers, batching, retries, cursors."""
 
 from __future__ import annotations
 
