@@ -125,7 +125,7 @@ class IngressState:
             codes = Counter(r["code"] for r in rejected)
             log.info("ingress.events_rejected", source=source, count=len(rejected), codes=codes)
         stage = self.stages.get(source)
-        if stage is not None and events:
+        if stage is not None and events and (stage.has_rules or self.suppressed):
             staged = stage.apply(events)
             events = staged.events
             for (rule, action), count in staged.counts.items():

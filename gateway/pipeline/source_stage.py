@@ -54,11 +54,13 @@ class SourceStage:
         self.plan = plan
         self.options = options or ProtocolsOptions()
         self.transformations = transformations
+        self.has_rules = plan is not None or transformations is not None
+        """Whether anything but the suppression list applies (else it can be skipped)."""
 
     def apply(self, events: list[NormalizedEvent]) -> StageResult:
         """Run the stage over ``events`` (all of this source)."""
         suppressed = self.suppressed()
-        if not suppressed and self.plan is None and self.transformations is None:
+        if not suppressed and not self.has_rules:
             return StageResult(events)
         result = StageResult([])
         for event in events:
