@@ -296,6 +296,11 @@ class DestinationWorker:
         if not due:
             self._next_retry_at = await self.log.next_retry_at(self.name)
             return False
+        suppressed = self.stage.suppressed()
+        if suppressed:
+            due = await self._forget_suppressed(due, suppressed)
+            if not due:
+                return True
         replays = sum(1 for item in due if item.reason == _REPLAYED)
         if replays:
             self.metrics.replayed.labels(self.name).inc(replays)
@@ -304,6 +309,22 @@ class DestinationWorker:
         await self._attempt([item.event for item in due], due)
         self._next_retry_at = await self.log.next_retry_at(self.name)
         return True
+
+    async def _forget_suppressed(
+        self, due: list[PendingRetry], suppressed: frozenset[str]
+    ) -> list[PendingRetry]:
+        """Drop the due retries of suppressed users (counted); return the others."""
+        kept: list[PendingRetry] = []
+        gone: list[PendingRetry] = []
+        for item in due:
+            user_id = item.event.message.get("userId")
+            (gone if user_id is not None and str(user_id) in suppressed else kept).append(item)
+        if gone:
+            await self.log.retries_done(self.name, [item.event.seq for item in gone])
+            for item in gone:
+                labels = (item.event.source, self.name, "suppression", "suppressed")
+                self.metrics.filtered.labels(*labels).inc()
+        return kept
 
     async def _attempt(
         self, events: Sequence[Event], previous: Sequence[PendingRetry] | None

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import orjson
 import pluggy
 import pytest
 from pydantic import BaseModel, ConfigDict
@@ -472,3 +473,38 @@ async def test_per_user_ordering(start: Harness, recorder: Recorder, ordering: s
             break
         await asyncio.sleep(0.01)
     assert await event_log.count_retries("rec") == 0
+
+
+async def test_suppressed_users_are_not_retried_or_delivered_late(
+    start: Harness, recorder: Recorder
+) -> None:
+    """After a user is suppressed, their events still in the log and their pending retries
+    are left out (counted), while other users' events flow."""
+    router, event_log = await start(
+        [
+            {
+                "name": "d",
+                "type": "recording",
+                "batch": {"max_events": 10, "max_age_s": 0},
+                "retry": {"max_attempts": 10**9},
+                "circuit": {"enabled": False},
+                "settings": {"fail_ids": {"gone-1": 10**9}},
+            }
+        ],
+        use_config_policy=True,
+    )
+
+    def event(message_id: str, user: str) -> NormalizedEvent:
+        body = orjson.dumps({"type": "track", "userId": user, "messageId": message_id})
+        return NormalizedEvent("web", message_id, time.time(), body)
+
+    await event_log.append([event("gone-1", "gone"), event("kept-1", "kept")])
+    await eventually(lambda: recorder.delivered.get("d") == ["kept-1"])
+    await eventually(lambda: recorder.failures_left.get("gone-1", 10**9) < 10**9 - 1)  # retried
+    router.control.suppress(["gone"], "test")
+    await eventually(lambda: "gone" in router.suppressed)
+    await event_log.append([event("gone-2", "gone"), event("kept-2", "kept")])
+    await eventually(lambda: recorder.delivered.get("d") == ["kept-1", "kept-2"])
+    left_out = router.metrics.filtered.labels("web", "d", "suppression", "suppressed")
+    await eventually(lambda: left_out._value.get() == 2)  # gone-2 unsent, gone-1's retry dropped
+    assert await event_log.count_retries("d") == 0
