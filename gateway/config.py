@@ -148,8 +148,9 @@ class BatchConfig(_Model):
 class RetryConfig(_Model):
     """When a destination's failed deliveries are retried, and when they are dead-lettered."""
 
-    max_attempts: int = Field(30, ge=1)
-    """Attempts in all (the first included) before an event is dead-lettered."""
+    max_attempts: int = Field(120, ge=1)
+    """Attempts in all (the first included) before an event is dead-lettered. With the default
+    waits, 120 attempts outlast ``max_age_s``, so Segment's 4 hours decide."""
     max_age_s: float = Field(4 * 3600.0, gt=0)
     """How long after its first attempt an event may still be retried (Segment: 4 hours)."""
     base_delay_s: float = Field(1.0, ge=0)

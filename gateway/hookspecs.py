@@ -30,8 +30,9 @@ def register_transforms() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]
 
     Each transform receives a deep copy of the message (it may change it in place) and returns
     the new message, or ``None`` to drop the event; an exception drops the event as a transform
-    error. It runs on the router's event loop for every event it applies to: keep it fast, never
-    block (no I/O, no sleeping).
+    error. It runs on an event loop for every event it applies to (an ingress process's for
+    source transformations, the router's for destination ones): keep it fast, never block (no
+    I/O, no sleeping).
     """
 
 
