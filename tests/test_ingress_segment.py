@@ -340,7 +340,7 @@ async def test_wrong_method_answers_json_405(client: Client) -> None:
     """A known path with the wrong method is a JSON 405 with Allow; JSON 404 otherwise."""
     async with client.get("/v1/track") as response:
         assert response.status == 405
-        assert response.headers["Allow"] == "POST"
+        assert response.headers["Allow"] == "OPTIONS,POST"
         assert (await response.json())["code"] == "method_not_allowed"
     async with client.get("/nowhere") as response:
         assert response.status == 404
@@ -363,3 +363,23 @@ async def test_duplicate_message_ids_are_acknowledged_not_stored(client: Client)
     metrics = await (await client.get("/metrics")).text()
     assert 'eventgate_events_deduplicated_total{source="web"} 4.0' in metrics
     assert 'eventgate_events_received_total{source="web"} 3.0' in metrics
+
+
+async def test_browsers_may_read_every_answer(client: Client) -> None:
+    """Every /v1 answer, refusals included, allows any origin, and preflights are answered."""
+    async with client.post("/v1/t", data=b'{"userId":"u","event":"E"}', headers=basic()) as r:
+        assert r.status == 200
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+    async with client.post("/v1/batch", data=b"{", headers=basic()) as r:
+        assert r.status == 400
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+    preflight = {
+        "Origin": "https://shop.example.com",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,authorization",
+    }
+    async with client.options("/v1/batch", headers=preflight) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert "POST" in r.headers["Access-Control-Allow-Methods"]
+        assert "Authorization" in r.headers["Access-Control-Allow-Headers"]

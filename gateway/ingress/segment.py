@@ -48,14 +48,42 @@ class _BatchEnvelope(BaseModel):
     integrations: dict[str, Any] | None = None
 
 
+# Browsers (analytics.js) post from the site's own origin: every /v1 answer allows any origin,
+# as Segment's API does. Write keys are public in a browser anyway; no cookies are involved.
+_CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
+_PREFLIGHT_HEADERS = {
+    **_CORS_HEADERS,
+    "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Content-Encoding, Authorization",
+    "Access-Control-Max-Age": "86400",
+}
+
+
 def add_segment_routes(app: web.Application, state: IngressState) -> None:
-    """Register every ``/v1`` route on ``app``."""
+    """Register every ``/v1`` route on ``app``, each answering CORS preflights too."""
     api = SegmentApi(state)
-    for suffix, event_type in SINGLE_ROUTES.items():
-        app.router.add_post(f"/v1/{suffix}", state.handler(api.single_handler(event_type)))
-    for path in BATCH_ROUTES:
-        app.router.add_post(path, state.handler(api.batch))
-    app.router.add_get("/v1/pixel/{type}", api.pixel)
+    posts = {f"/v1/{suffix}": api.single_handler(t) for suffix, t in SINGLE_ROUTES.items()}
+    posts.update((path, api.batch) for path in BATCH_ROUTES)
+    for path, handler in posts.items():
+        app.router.add_post(path, _cors(state.handler(handler)))
+        app.router.add_route("OPTIONS", path, _preflight)
+    app.router.add_get("/v1/pixel/{type}", _cors(api.pixel))
+
+
+def _cors(handler: Any) -> Any:
+    """``handler`` with its answers (refusals included) readable by scripts of any origin."""
+
+    async def allow_any_origin(request: web.Request) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        response.headers.update(_CORS_HEADERS)
+        return response
+
+    return allow_any_origin
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    """A browser's ``OPTIONS`` before a POST with JSON or an ``Authorization`` header."""
+    return web.Response(status=204, headers=_PREFLIGHT_HEADERS)
 
 
 class SegmentApi:
