@@ -383,3 +383,18 @@ async def test_browsers_may_read_every_answer(client: Client) -> None:
         assert r.headers["Access-Control-Allow-Origin"] == "*"
         assert "POST" in r.headers["Access-Control-Allow-Methods"]
         assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+
+
+async def test_analytics_js_settings_point_at_the_gateway(client: Client) -> None:
+    """analytics.js's settings route names the gateway as its API host, for known keys only."""
+    async with client.get(f"/v1/projects/{WRITE_KEY}/settings") as response:
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        settings = await response.json()
+    segment = settings["integrations"]["Segment.io"]
+    assert segment["apiKey"] == WRITE_KEY
+    assert segment["apiHost"] == f"{client.host}:{client.port}/v1"
+    assert segment["protocol"] == "http"
+    async with client.get("/v1/projects/nope/settings") as response:
+        assert response.status == 401
+        assert (await response.json())["code"] == "invalid_write_key"

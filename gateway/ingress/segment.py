@@ -68,6 +68,8 @@ def add_segment_routes(app: web.Application, state: IngressState) -> None:
         app.router.add_post(path, _cors(state.handler(handler)))
         app.router.add_route("OPTIONS", path, _preflight)
     app.router.add_get("/v1/pixel/{type}", _cors(api.pixel))
+    settings = _cors(state.handler(api.settings))
+    app.router.add_get("/v1/projects/{write_key}/settings", settings)
 
 
 def _cors(handler: Any) -> Any:
@@ -162,6 +164,37 @@ class SegmentApi:
                 rejected.append(state.rejection(source, index, item, exc))
         await state.store(source, accepted, rejected)
         return state.success(rejected=rejected)
+
+    async def settings(self, request: web.Request) -> web.Response:
+        """``GET /v1/projects/{writeKey}/settings``: what analytics.js loads before it sends.
+
+        Point analytics.js's ``cdnURL`` at the gateway and it sends to the gateway itself: the
+        ``Segment.io`` entry names this host (as the browser reached it) as ``apiHost``. No
+        device-mode destinations: eventgate delivers everything server-side.
+        """
+        self._lookup(request.match_info["write_key"])  # an unknown key is a 401
+        forwarded = (
+            request.headers.get("X-Forwarded-Proto", "") if self.state.trusted_proxy_header else ""
+        )
+        protocol = forwarded.split(",", 1)[0].strip() or request.scheme
+        integration = {
+            "apiKey": request.match_info["write_key"],
+            "apiHost": f"{request.host}/v1",
+            "protocol": protocol,
+            "unbundledIntegrations": [],
+            "addBundledMetadata": True,
+        }
+        body = {
+            "integrations": {"Segment.io": integration},
+            "plan": {"track": {"__default": {"enabled": True}}},
+            "edgeFunction": {},
+            "analyticsNextEnabled": True,
+        }
+        return web.Response(
+            body=orjson.dumps(body),
+            content_type="application/json",
+            headers={"Cache-Control": "public, max-age=300"},
+        )
 
     async def pixel(self, request: web.Request) -> web.Response:
         """``GET /v1/pixel/{type}?data=<base64 JSON>``: always a 1x1 gif, events kept if valid."""
