@@ -28,17 +28,24 @@ from gateway.log.base import EventLog
 from gateway.metrics import Metrics
 from gateway.pipeline.source_stage import SourceStage
 
-__all__ = ["IngressState", "add_json_fallback", "json_errors", "json_response"]
+__all__ = ["CORS_HEADERS", "IngressState", "add_json_fallback", "json_errors", "json_response"]
 
 log = structlog.get_logger("eventgate.ingress")
 
 _SUCCESS = b'{"success":true}'
+# Browsers (analytics.js) post from the site's own origin: every ingress answer allows any
+# origin, as Segment's API does. Write keys are public in a browser anyway; no cookies are used.
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON response (every ingress answer is JSON: Ruby's SDK parses them all)."""
+    """A JSON response (every ingress answer is JSON: Ruby's SDK parses them all), readable by
+    scripts of any origin."""
     return web.Response(
-        status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers
+        status=status,
+        body=orjson.dumps(payload),
+        content_type="application/json",
+        headers=CORS_HEADERS if headers is None else {**CORS_HEADERS, **headers},
     )
 
 
@@ -201,7 +208,9 @@ class IngressState:
     ) -> web.Response:
         """``{"success": true}``, with the per-event rejections when there are any."""
         if not rejected and not extra:
-            return web.Response(status=status, body=_SUCCESS, content_type="application/json")
+            return web.Response(
+                status=status, body=_SUCCESS, content_type="application/json", headers=CORS_HEADERS
+            )
         payload: dict[str, Any] = {"success": True, **extra}
         if rejected:
             payload["rejected"] = rejected

@@ -15,7 +15,7 @@ from gateway.errors import EventRejectedError, RequestRejectedError
 from gateway.events import NormalizedEvent, normalize
 from gateway.ingress.auth import basic_auth_key
 from gateway.ingress.body import parse_json, read_body
-from gateway.ingress.common import IngressState
+from gateway.ingress.common import CORS_HEADERS, IngressState
 
 __all__ = ["SINGLE_ROUTES", "add_segment_routes"]
 
@@ -48,11 +48,8 @@ class _BatchEnvelope(BaseModel):
     integrations: dict[str, Any] | None = None
 
 
-# Browsers (analytics.js) post from the site's own origin: every /v1 answer allows any origin,
-# as Segment's API does. Write keys are public in a browser anyway; no cookies are involved.
-_CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
 _PREFLIGHT_HEADERS = {
-    **_CORS_HEADERS,
+    **CORS_HEADERS,
     "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Content-Encoding, Authorization",
     "Access-Control-Max-Age": "86400",
@@ -65,22 +62,11 @@ def add_segment_routes(app: web.Application, state: IngressState) -> None:
     posts = {f"/v1/{suffix}": api.single_handler(t) for suffix, t in SINGLE_ROUTES.items()}
     posts.update((path, api.batch) for path in BATCH_ROUTES)
     for path, handler in posts.items():
-        app.router.add_post(path, _cors(state.handler(handler)))
+        # Every answer, refusals included, carries CORS_HEADERS (see json_response).
+        app.router.add_post(path, state.handler(handler))
         app.router.add_route("OPTIONS", path, _preflight)
-    app.router.add_get("/v1/pixel/{type}", _cors(api.pixel))
-    settings = _cors(state.handler(api.settings))
-    app.router.add_get("/v1/projects/{write_key}/settings", settings)
-
-
-def _cors(handler: Any) -> Any:
-    """``handler`` with its answers (refusals included) readable by scripts of any origin."""
-
-    async def allow_any_origin(request: web.Request) -> web.StreamResponse:
-        response: web.StreamResponse = await handler(request)
-        response.headers.update(_CORS_HEADERS)
-        return response
-
-    return allow_any_origin
+    app.router.add_get("/v1/pixel/{type}", api.pixel)
+    app.router.add_get("/v1/projects/{write_key}/settings", state.handler(api.settings))
 
 
 async def _preflight(request: web.Request) -> web.Response:
@@ -193,12 +179,12 @@ class SegmentApi:
         return web.Response(
             body=orjson.dumps(body),
             content_type="application/json",
-            headers={"Cache-Control": "public, max-age=300"},
+            headers={**CORS_HEADERS, "Cache-Control": "public, max-age=300"},
         )
 
     async def pixel(self, request: web.Request) -> web.Response:
         """``GET /v1/pixel/{type}?data=<base64 JSON>``: always a 1x1 gif, events kept if valid."""
-        gif = web.Response(body=_PIXEL_GIF, content_type="image/gif")
+        gif = web.Response(body=_PIXEL_GIF, content_type="image/gif", headers=CORS_HEADERS)
         event_type = SINGLE_ROUTES.get(request.match_info["type"])
         raw = request.query.get("data", "")
         if event_type is None or len(raw) > self.state.limits.max_event_bytes * 2:
