@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -148,9 +149,9 @@ class SqliteEventLog:
         self.shard = shard
         self.path = shard_path(self.data_dir, shard)
         self.disk_quota_bytes = disk_quota_bytes
-        self._queue: list[_Write] = []
-        self._queue_lock = threading.Lock()
-        self._wake = threading.Event()
+        # Writes for the writer thread; ``None`` tells it to stop. A SimpleQueue (C, one futex
+        # per wake-up) costs less per request than a list behind a lock and an Event.
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._closing = False
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventgate-log-reader")
@@ -189,7 +190,7 @@ class SqliteEventLog:
     async def close(self) -> None:
         """Commit what is queued, then stop both threads and close the connections."""
         self._closing = True
-        self._wake.set()
+        self._queue.put(None)
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
         if self._reader_conn is not None:
@@ -410,13 +411,7 @@ class SqliteEventLog:
         if self._closing:
             raise StorageUnavailableError("the log is shutting down")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        with self._queue_lock:
-            first = not self._queue
-            self._queue.append(_Write(future, rows=rows, op=op))
-        # Only the write that makes the queue non-empty needs to wake the writer: it takes the
-        # whole queue at once (waking it per request was 4% of single-event ingest CPU).
-        if first:
-            self._wake.set()
+        self._queue.put(_Write(future, rows=rows, op=op))
         return await future
 
     def _connect_peers(self) -> sqlite3.Connection | None:
@@ -441,15 +436,22 @@ class SqliteEventLog:
     def _write_loop(self, conn: sqlite3.Connection, peers: sqlite3.Connection | None) -> None:
         self._peers = peers
         try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
+            stopping = False
+            while not stopping:
+                # Block for the first write, then take everything queued behind it: one commit.
+                batch: list[_Write] = []
+                item = self._queue.get()
+                while True:
+                    if item is None:
+                        stopping = True
+                    else:
+                        batch.append(item)
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
                 if batch:
                     self._commit(conn, batch)
-                elif self._closing:
-                    return
         finally:
             conn.close()
             if peers is not None:
