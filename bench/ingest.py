@@ -179,9 +179,19 @@ end
 # -- the reference server (runs in its own process) --------------------------------------------
 
 
-def serve_reference(port: int) -> None:
-    """Serve the gateway's routes with a handler that reads the body and answers success."""
+def serve_reference(port: int, loop: str = "asyncio") -> None:
+    """Serve the gateway's routes with a handler that reads the body and answers success.
+
+    ``loop`` is the event loop: asyncio's own (the default) or ``uvloop``.
+    """
     from aiohttp import web
+
+    if loop == "uvloop":
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
     ok = b'{"success":true}'
 
@@ -258,16 +268,20 @@ def write_bodies(tmp: Path) -> dict[str, Any]:
     }
 
 
-def write_gateway_config(tmp: Path, port: int, dedup_window_s: float | None = None) -> Path:
+def write_gateway_config(
+    tmp: Path, port: int, dedup_window_s: float | None = None, event_loop: str | None = None
+) -> Path:
     """A config with one source and the ``file`` destination, everything under ``tmp``.
 
-    ``dedup_window_s`` overrides the gateway's default messageId dedup window (0: off).
+    ``dedup_window_s`` overrides the gateway's default messageId dedup window (0: off),
+    ``event_loop`` its ``server.event_loop`` (default: auto, i.e. uvloop where installed).
     """
     storage: dict[str, Any] = {"data_dir": str(tmp / "data")}
     if dedup_window_s is not None:
         storage["dedup_window_s"] = dedup_window_s
     config = {
-        "server": {"host": "127.0.0.1", "port": port},
+        "server": {"host": "127.0.0.1", "port": port}
+        | ({"event_loop": event_loop} if event_loop else {}),
         "storage": storage,
         "sources": [{"name": SOURCE, "write_keys": [WRITE_KEY]}],
         "destinations": [
@@ -928,6 +942,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "connections": args.connections,
             "wrk_threads": 2,
             "events_per_batch": EVENTS_PER_BATCH,
+            "reference_loop": args.reference_loop,
+            "gateway_loop": args.gateway_loop or "gateway default (auto)",
         },
         "environment": {
             "cpus": os.cpu_count(),
@@ -955,11 +971,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ref_port, gw_port = free_port(), free_port()
         reference = Server(
             "reference",
-            [sys.executable, str(Path(__file__).resolve()), "--serve-reference", str(ref_port)],
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--serve-reference",
+                str(ref_port),
+                "--reference-loop",
+                args.reference_loop,
+            ],
             ref_port,
             tmp,
         )
-        config = write_gateway_config(tmp, gw_port, args.dedup_window_s)
+        config = write_gateway_config(tmp, gw_port, args.dedup_window_s, args.gateway_loop)
         gateway = Server("gateway", gateway_argv(config, gw_port, tmp / "data"), gw_port, tmp)
         token = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
         scenarios = [
@@ -1237,6 +1260,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="the gateway's storage.dedup_window_s (default: the gateway's, 24 h; 0: off)",
     )
+    parser.add_argument(
+        "--reference-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the reference server's event loop (default asyncio, aiohttp's own default)",
+    )
+    parser.add_argument(
+        "--gateway-loop",
+        choices=["asyncio", "uvloop"],
+        help="the gateway's server.event_loop (default: the gateway's, uvloop where installed)",
+    )
     parser.add_argument("--serve-reference", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.duration < 1 or args.connections < 2:
@@ -1248,7 +1282,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when every check passed (targets are reported, not enforced)."""
     args = parse_args(argv)
     if args.serve_reference is not None:
-        serve_reference(args.serve_reference)
+        serve_reference(args.serve_reference, args.reference_loop)
         return 0
     try:
         results = run(args)

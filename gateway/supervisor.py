@@ -52,6 +52,23 @@ _RESPAWN_DELAY_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
+def use_event_loop(choice: str) -> str:
+    """Make new event loops of this process ``uvloop`` or ``asyncio`` ones; return which.
+
+    ``auto`` picks uvloop when it can be imported. Called before the process's loop starts.
+    """
+    if choice == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: PLC0415 - optional: absent on Windows
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
 def ingress_process_count(config: GatewayConfig) -> int:
     """How many ingress processes ``server.ingress_processes`` asks for (0 = one process)."""
     wanted = config.server.ingress_processes
@@ -70,6 +87,7 @@ def serve(
     with (config path and overrides); ``announce`` is printed once the socket listens.
     """
     count = ingress_process_count(config)
+    use_event_loop(config.server.event_loop)
     if count == 0:
         app = create_app(config, plugin_manager=plugin_manager)
         web.run_app(
@@ -120,6 +138,7 @@ def become_ingress_process(
         shard=shard,
     )
     sock = socket.create_server((config.server.host, port), backlog=1024, reuse_port=True)
+    use_event_loop(config.server.event_loop)
     web.run_app(
         app,
         sock=sock,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,17 @@ async def test_send_posts_one_event(client: TestClient[Any, Any]) -> None:
 
     [message] = await stored(client)
     assert message["event"] == "CLI Test"
+
+
+def test_event_loop_choice() -> None:
+    """server.event_loop picks uvloop (installed here) or asyncio's own loop for a process."""
+    script = (
+        "import asyncio, sys\n"
+        "from gateway.supervisor import use_event_loop\n"
+        "print(use_event_loop(sys.argv[1]), type(asyncio.new_event_loop()).__module__)\n"
+    )
+    for choice, expected in (("auto", "uvloop uvloop"), ("asyncio", "asyncio asyncio.unix_events")):
+        done = subprocess.run(
+            [sys.executable, "-c", script, choice], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.split() == expected.split()
