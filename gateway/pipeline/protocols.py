@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import fastjsonschema
 from jsonschema import Draft7Validator  # type: ignore[import-untyped]
 from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,6 +111,9 @@ class _Schema:
     validator: Any
     declared: frozenset[str]
     patterns: tuple[re.Pattern[str], ...]
+    fast: Callable[[Any], Any] | None = None
+    """fastjsonschema's compiled check, when the schema uses no ``format``: it tells a valid
+    instance ~20x faster than jsonschema, which stays the judge of what is wrong."""
 
     def declares(self, key: str) -> bool:
         return key in self.declared or any(p.search(key) for p in self.patterns)
@@ -315,7 +319,35 @@ def _compile(schema: dict[str, Any] | None, where: str, problems: list[str]) -> 
         Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER),
         frozenset([*schema.get("properties", {}), *schema.get("required", [])]),
         tuple(re.compile(p) for p in schema.get("patternProperties", {})),
+        _fast_check(schema),
     )
+
+
+def _fast_check(schema: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """fastjsonschema's check of ``schema``, or ``None`` where it could disagree with jsonschema.
+
+    Formats are checked differently by the two libraries, so a schema using ``format`` gets no
+    fast path; nor does one fastjsonschema cannot compile.
+    """
+    if "format" in _keywords(schema):
+        return None
+    try:
+        check: Callable[[Any], Any] = fastjsonschema.compile(
+            schema, use_formats=False, use_default=False
+        )
+    except Exception:  # noqa: BLE001 - any trouble: jsonschema alone is always right
+        return None
+    return check
+
+
+def _keywords(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _keywords(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _keywords(item)
 
 
 def _check_payload(
@@ -354,6 +386,13 @@ def _check(
 ) -> list[tuple[Violation, Any]]:
     """Violations of ``schema`` by ``instance``, each with the top-level key it points into."""
     kind = "Common" if common else None
+    if schema.fast is not None:
+        try:
+            schema.fast(instance)
+        except Exception:  # noqa: BLE001, S110 - jsonschema below says what is wrong, if anything
+            pass
+        else:
+            return []
     try:
         errors = list(schema.validator.iter_errors(instance))
     except (RecursionError, Unresolvable) as exc:
