@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -117,6 +117,9 @@ class NormalizedEvent:
     message_id: str
     received_at: float
     body: bytes
+    message: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The message ``body`` encodes, when the caller still has it (so the source stage need not
+    decode it again). Read-only."""
 
 
 # Unique per process start: ids from two processes (or two runs) in the same nanosecond differ.
@@ -214,6 +217,7 @@ def normalize(
         message_id=message_id,
         received_at=request.received_at_unix,
         body=orjson.dumps(out),
+        message=out,
     )
 
 

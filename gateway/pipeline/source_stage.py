@@ -64,7 +64,7 @@ class SourceStage:
             return StageResult(events)
         result = StageResult([])
         for event in events:
-            message: dict[str, Any] = orjson.loads(event.body)
+            message = event.message if event.message is not None else orjson.loads(event.body)
             kept = self._one(message, suppressed, result)
             for out in kept:
                 body = event.body if out is message else orjson.dumps(out)
