@@ -69,7 +69,7 @@ def test_secrets_from_env_are_not_in_repr(tmp_path: Path) -> None:
         ),
         pytest.param(
             lambda d: d["server"].update(prot=1),
-            "gw.yaml: server.prot: unknown key; valid keys here: admin_token, host, ingress_proc",
+            "gw.yaml: server.prot: unknown key; valid keys here: admin_token, event_loop, host",
             id="unknown-key",
         ),
         pytest.param(
