@@ -100,6 +100,7 @@ class IngressState:
             forwarded = request.headers.get(self.trusted_proxy_header)
             if forwarded:
                 client_ip = forwarded.split(",", 1)[0].strip() or client_ip
+        stage = self.stages.get(source)
         return RequestContext(
             source=source,
             received_at=datetime.now(UTC),
@@ -107,6 +108,7 @@ class IngressState:
             sent_at=sent_at,
             context=context,
             integrations=integrations,
+            keep_messages=stage is not None and (stage.has_rules or bool(self.suppressed)),
         )
 
     async def store(
