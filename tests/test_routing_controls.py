@@ -35,6 +35,22 @@ PLAN = {
 }
 
 
+PLANNED_SOURCE = {
+    "name": "web",
+    "write_keys": [WRITE_KEY],
+    "tracking_plan": "web-plan",
+    "protocols": {
+        "unplanned_events": "block",
+        "unplanned_properties": "omit",
+        "violations": "block",
+        "forward_violations": True,
+    },
+    "transformations": [{"name": "hash-email", "hash_properties": ["context.traits.email"]}],
+}
+"""A source checked against PLAN (omit unplanned, block violations, forward) that hashes the
+email; the end-to-end tests use it too."""
+
+
 def filtered(client: Client, source: str, destination: str, rule: str, action: str) -> float:
     """The filtered counter for these labels, after flushing the ingress counts."""
     client.app[INGRESS_KEY].flush_counts()
@@ -69,22 +85,7 @@ async def _planned(
     config = make_config(
         server={"port": 0, "admin_token": TOKEN},
         tracking_plans=[PLAN],
-        sources=[
-            {
-                "name": "web",
-                "write_keys": [WRITE_KEY],
-                "tracking_plan": "web-plan",
-                "protocols": {
-                    "unplanned_events": "block",
-                    "unplanned_properties": "omit",
-                    "violations": "block",
-                    "forward_violations": True,
-                },
-                "transformations": [
-                    {"name": "hash-email", "hash_properties": ["context.traits.email"]}
-                ],
-            }
-        ],
+        sources=[PLANNED_SOURCE],
     )
     client: Client = await make_client(config)
     return client

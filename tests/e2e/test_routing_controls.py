@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import API_KEY, WRITE_KEY, basic
 from tests.e2e.conftest import Gateway
+from tests.test_routing_controls import PLAN, PLANNED_SOURCE
 
 TOKEN = "e2e-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -213,17 +214,6 @@ def _make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 
 # --- 1. tracking plan and source transformation --------------------------------------------------
 
-PLAN = {
-    "name": "web-plan",
-    "track": {
-        "Order Completed": {
-            "type": "object",
-            "properties": {"order_id": {"type": "string"}, "total": {"type": "number"}},
-            "required": ["order_id"],
-        }
-    },
-}
-
 
 def test_tracking_plan_and_source_transformation(
     make_gateway: Callable[..., Gateway], tmp_path: Path
@@ -235,22 +225,7 @@ def test_tracking_plan_and_source_transformation(
         [files("files", tmp_path / "files")],
         server={"admin_token": TOKEN},
         tracking_plans=[PLAN],
-        sources=[
-            {
-                "name": "web",
-                "write_keys": [WRITE_KEY],
-                "tracking_plan": "web-plan",
-                "protocols": {
-                    "unplanned_events": "block",
-                    "unplanned_properties": "omit",
-                    "violations": "block",
-                    "forward_violations": True,
-                },
-                "transformations": [
-                    {"name": "hash-email", "hash_properties": ["context.traits.email"]}
-                ],
-            }
-        ],
+        sources=[PLANNED_SOURCE],
     )
     start(gateway)
 
