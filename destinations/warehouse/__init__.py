@@ -100,9 +100,10 @@ class WarehouseDestination(BatchDestination[WarehouseSettings]):
 
     async def send_batch(self, events: Sequence[Event]) -> Sequence[DeliveryError | None] | None:
         """Load ``events`` in one transaction; on a data error, one transaction per event."""
-        # Flattened before taking the lock: one shard's batch is flattened while another's
-        # load runs in the database.
-        tables = _tables(events)
+        # Flattened before taking the lock, so one shard's batch is flattened while another's
+        # load runs in the database; in a thread, so the router's event loop (every other
+        # destination's deliveries) is not stalled for the ~65 ms a 5,000-event batch takes.
+        tables = await asyncio.to_thread(_tables, events)
         async with self._lock:
             try:
                 self._report(await self._load(tables))
