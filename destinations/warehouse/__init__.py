@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from destinations.warehouse.backend import LoadResult, WarehouseBackend, WarehouseDataError
 from destinations.warehouse.duckdb_backend import DuckDBWarehouse
+from destinations.warehouse.duckdb_sql import DuckDBSqlWarehouse
 from destinations.warehouse.naming import identifier, snake_case
 from destinations.warehouse.plan import merge_users
 from destinations.warehouse.schema import Row, rows_of
@@ -60,6 +61,14 @@ class WarehouseSettings(BaseModel):
         "processes can open it (0: after every load; null: keep it open).",
     )
     pool_size: int = Field(2, ge=1, le=64, description="postgres: connections to keep open.")
+    loader: Literal["sql", "python"] = Field(
+        "sql",
+        description="duckdb: sql lets DuckDB flatten and type the events (about 3x faster); "
+        "python flattens them in Python first (the reference the sql loader is tested against).",
+    )
+    threads: int | None = Field(
+        1, ge=1, description="duckdb: threads DuckDB may use (null: one per core)."
+    )
 
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> WarehouseSettings:
@@ -103,6 +112,8 @@ class WarehouseDestination(BatchDestination[WarehouseSettings]):
         # Flattened before taking the lock, so one shard's batch is flattened while another's
         # load runs in the database; in a thread, so the router's event loop (every other
         # destination's deliveries) is not stalled for the ~65 ms a 5,000-event batch takes.
+        if isinstance(self.backend, DuckDBSqlWarehouse):
+            return await self._send_raw(self.backend, events)
         tables = await asyncio.to_thread(_tables, events)
         async with self._lock:
             try:
@@ -113,6 +124,43 @@ class WarehouseDestination(BatchDestination[WarehouseSettings]):
                 log.warning("warehouse.batch_split", destination=self.name, error=str(exc))
                 return [await self._load_alone(event) for event in events]
         return None
+
+    async def _send_raw(
+        self, backend: DuckDBSqlWarehouse, events: Sequence[Event]
+    ) -> Sequence[DeliveryError | None] | None:
+        """The sql loader's :meth:`send_batch`: DuckDB reads the events' own JSON."""
+        async with self._lock:
+            try:
+                await self._load_raw(backend, events)
+            except WarehouseDataError as exc:
+                if len(events) == 1:
+                    return [_refused(exc)]
+                log.warning("warehouse.batch_split", destination=self.name, error=str(exc))
+            else:
+                return None
+            outcomes: list[DeliveryError | None] = []
+            for event in events:
+                try:
+                    await self._load_raw(backend, [event])
+                except WarehouseDataError as exc:
+                    outcomes.append(_refused(exc))
+                else:
+                    outcomes.append(None)
+            return outcomes
+
+    async def _load_raw(self, backend: DuckDBSqlWarehouse, events: Sequence[Event]) -> None:
+        before = sum(backend.fallbacks.values())
+        try:
+            result = await backend.load_events(events)
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            raise RetryableDeliveryError(f"warehouse unreachable: {exc}") from exc
+        finally:
+            # Shares of a batch the sql loader handed to the Python path (rare cases, listed
+            # in docs/warehouse.md): same result, slower; counted so a trend shows.
+            fell_back = sum(backend.fallbacks.values()) - before
+            if fell_back:
+                self.count("python_fallbacks", fell_back)
+        self._report(result)
 
     async def delete_user(self, user_id: str) -> int:
         """Delete ``user_id``'s rows from every table; the number of rows deleted."""
@@ -156,6 +204,13 @@ def _backend_for(settings: WarehouseSettings) -> WarehouseBackend:
             settings.dsn.get_secret_value(),
             max_columns=settings.max_columns,
             pool_size=settings.pool_size,
+        )
+    if settings.loader == "sql":
+        return DuckDBSqlWarehouse(
+            settings.path,
+            max_columns=settings.max_columns,
+            release_file_after_s=settings.release_file_after_s,
+            threads=settings.threads,
         )
     return DuckDBWarehouse(
         settings.path,

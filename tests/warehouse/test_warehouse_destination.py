@@ -19,7 +19,11 @@ from gateway.destination import Destination, Event, deliver
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.testing import DestinationContract, make_event
 
-BACKENDS = [pytest.param("duckdb", id="duckdb"), pytest.param("postgres", id="postgres")]
+BACKENDS = [
+    pytest.param("duckdb", id="duckdb"),
+    pytest.param("duckdb-python", id="duckdb-python-loader"),
+    pytest.param("postgres", id="postgres"),
+]
 
 
 def settings_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> WarehouseSettings:
@@ -27,7 +31,8 @@ def settings_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
     if backend == "postgres":
         dsn = request.getfixturevalue("postgres_dsn")
         return WarehouseSettings(backend="postgres", dsn=dsn)
-    return WarehouseSettings(path=tmp_path / "warehouse.duckdb")
+    loader = "python" if backend == "duckdb-python" else "sql"
+    return WarehouseSettings(path=tmp_path / "warehouse.duckdb", loader=loader)
 
 
 @pytest.fixture(name="warehouse", params=BACKENDS)
@@ -153,7 +158,7 @@ async def test_unstorable_value_is_kept_in_unmapped(warehouse: WarehouseDestinat
     (row,) = await warehouse.backend.fetch("SELECT ok, _unmapped FROM web.order_completed")
     assert row[0] == 1
     assert orjson.loads(row[1]) == {"note": "nul\x00inside"}
-    assert counted == [("unmapped_values", 1)]
+    assert ("unmapped_values", 1) in counted  # the sql loader also counts its python_fallbacks
 
 
 async def test_sources_get_their_own_schemas(warehouse: WarehouseDestination) -> None:
