@@ -38,6 +38,24 @@ fencing that reader. Reads need nats-server 2.11 or newer (batched direct get). 
 read can miss the newest events until the next one. Loading all of a destination's retries per
 call holds them in memory, against the bounded-memory contract once thousands are pending.
 Deleted retries leave KV tombstones until the bucket is purged of them.
+
+Where the cursor protocol fits several nodes badly (the design question of the next step):
+
+1. ``read(after)`` + ``set_cursor`` is a high-water mark with a single reader. Nodes sharing a
+   destination need either partition leases (KV with a TTL and revision checks as fencing: the
+   router stays as it is, and per-user order comes free) or a consumer-style protocol
+   (``fetch`` -> work items, then ``ack`` / ``nak(delay)``) on durable pull consumers.
+2. Retries looked up by due time (``due_retries``, ``next_retry_at``, ``first_pending_of``) have
+   no index in JetStream, and two nodes could take the same due retry; ``nak`` with a delay and
+   the consumer's delivery count fit better. Per-user order then needs one active consumer per
+   partition.
+3. Queue depth as ``newest - cursor`` overcounts with gaps across partitions; a consumer's
+   ``num_pending`` is the honest figure.
+4. "Nothing was stored" on a failed append does not hold for a concurrent publish batch (dedup
+   makes the client's retry safe); NATS 2.12's atomic batch publish may fix it.
+5. Dead-letter listing, replay and purge, and the storage use behind the 503 and the metrics,
+   are outside the protocol (``dlq.py`` and ``app.py`` read SQLite directly) and must enter it
+   before wiring.
 """
 
 from __future__ import annotations
