@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.admin import add_admin_routes
+from gateway.cluster import LeasedDelivery, jetstream_storage
 from gateway.config import GatewayConfig
 from gateway.ingress import (
     IngressState,
@@ -26,6 +27,8 @@ from gateway.ingress import (
     add_segops_routes,
     json_response,
 )
+from gateway.log.base import IngressLog
+from gateway.log.partitioned import PartitionedLog
 from gateway.log.sqlite import SqliteEventLog
 from gateway.metrics import Metrics
 from gateway.pipeline.build import source_stages
@@ -35,6 +38,7 @@ from gateway.router import Router
 
 __all__ = [
     "CONFIG_KEY",
+    "DELIVERY_KEY",
     "INGRESS_KEY",
     "LOG_KEY",
     "METRICS_KEY",
@@ -45,10 +49,11 @@ __all__ = [
 ]
 
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
-LOG_KEY = web.AppKey("log", SqliteEventLog)
+LOG_KEY = web.AppKey("log", IngressLog)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 PLUGINS_KEY = web.AppKey("plugins", pluggy.PluginManager)
 ROUTER_KEY = web.AppKey("router", Router)
+DELIVERY_KEY = web.AppKey("delivery", LeasedDelivery)
 INGRESS_KEY = web.AppKey("ingress", IngressState)
 _FLUSH_COUNTS_EVERY_S = 0.25
 log = structlog.get_logger("eventgate.app")
@@ -76,19 +81,29 @@ def create_app(
     limits = config.server.limits
     metrics = metrics or Metrics()
     pm = plugin_manager or make_plugin_manager()
-    event_log = SqliteEventLog(
-        config.storage.data_dir,
-        disk_quota_bytes=int(config.storage.disk_quota_mb * 1024 * 1024),
-        shard=shard,
-        dedup_window_s=config.storage.dedup_window_s,
-    )
     app = web.Application(client_max_size=max(limits.max_batch_bytes, limits.max_event_bytes) + 1)
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     app[PLUGINS_KEY] = pm
+    event_log: IngressLog
+    if config.storage.backend == "jetstream":
+        event_log = PartitionedLog(jetstream_storage(config))
+        if with_router:
+            partitions = config.storage.jetstream.partitions
+            router = Router(config, [], metrics, pm, retry_policy, shard_count=partitions)
+            app[ROUTER_KEY] = router
+            app[DELIVERY_KEY] = LeasedDelivery(router, jetstream_storage(config))
+    else:
+        sqlite_log = SqliteEventLog(
+            config.storage.data_dir,
+            disk_quota_bytes=int(config.storage.disk_quota_mb * 1024 * 1024),
+            shard=shard,
+            dedup_window_s=config.storage.dedup_window_s,
+        )
+        event_log = sqlite_log
+        if with_router:
+            app[ROUTER_KEY] = Router(config, [sqlite_log], metrics, pm, retry_policy)
     app[LOG_KEY] = event_log
-    if with_router:
-        app[ROUTER_KEY] = Router(config, [event_log], metrics, pm, retry_policy)
 
     state = IngressState(config, event_log, metrics)
     state.stages = source_stages(config, pm, lambda: state.suppressed)
@@ -117,8 +132,13 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
 
 async def _router(app: web.Application) -> AsyncIterator[None]:
     router = app[ROUTER_KEY]
-    await router.start()
+    delivery = app.get(DELIVERY_KEY)
+    await router.start(deliver=delivery is None)
+    if delivery is not None:
+        await delivery.start()
     yield
+    if delivery is not None:
+        await delivery.stop()
     await router.stop(app[CONFIG_KEY].server.shutdown_grace_s)
 
 

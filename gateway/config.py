@@ -23,6 +23,7 @@ __all__ = [
     "DestinationConfig",
     "FlowConfig",
     "GatewayConfig",
+    "JetStreamConfig",
     "LimitsConfig",
     "RetryConfig",
     "ServerConfig",
@@ -73,10 +74,37 @@ class ServerConfig(_Model):
         return self
 
 
+class JetStreamConfig(_Model):
+    """The distributed log: a NATS JetStream cluster shared by every gateway node."""
+
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
+    """The cluster's URLs; a node connects to one and fails over to the others."""
+    credentials: Path | None = None
+    """A NATS ``.creds`` file (JWT and nkey seed)."""
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    replicas: int = Field(1, ge=1, le=5)
+    """Copies of every stream and bucket (3 on a 3-node cluster: one node can fail)."""
+    partitions: int = Field(8, ge=1, le=1024)
+    """Subjects the events are spread over by user; a partition is delivered by one node at a
+    time, so a user's events keep their order. More partitions than nodes balance the load."""
+    max_bytes_mb: float | None = Field(None, gt=0)
+    """The events stream's size limit; when reached, ingress answers 503 (nothing is dropped)."""
+    stream_prefix: str = Field("EVENTGATE", pattern=r"^[A-Z][A-Z0-9_]{0,31}$")
+    """Names the streams and buckets, so several gateways can share one cluster."""
+    timeout_s: float = Field(5.0, gt=0)
+    """How long a publish or request waits for JetStream before ingress answers 503."""
+    lease_ttl_s: float = Field(10.0, ge=1)
+    """A partition held by a node that stops renewing it is taken over after this long."""
+
+
 class StorageConfig(_Model):
     """The durable event log."""
 
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "jetstream"] = "sqlite"
+    """``sqlite``: the embedded log in ``data_dir``; ``jetstream``: NATS JetStream."""
+    jetstream: JetStreamConfig = JetStreamConfig()
     data_dir: Path = Path("data")
     disk_quota_mb: float = Field(10_240, gt=0)
     """When the log reaches this size, ingress answers 503 with ``Retry-After``."""

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pluggy
@@ -25,6 +26,7 @@ from gateway.flow import FlowControl
 from gateway.log.base import EventLog
 from gateway.metrics import Metrics
 from gateway.pipeline.build import destination_stage
+from gateway.pipeline.destination_stage import DestinationStage
 from gateway.plugins import destination_types, transforms
 from gateway.privacy import DeletionWorker
 from gateway.retry import RetryPolicy
@@ -40,6 +42,17 @@ _SUPPRESSIONS_EVERY_S = 0.5
 _STATS_EVERY_S = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What a destination's workers share, whichever shards they deliver."""
+
+    stage: DestinationStage
+    depth: ShardGauge
+    age: ShardGauge
+    circuit: CircuitBreaker | None
+    flow: FlowControl
+
+
 class Router:
     """Runs one :class:`DestinationWorker` per enabled destination and log shard."""
 
@@ -50,9 +63,16 @@ class Router:
         metrics: Metrics,
         plugin_manager: pluggy.PluginManager,
         retry_policy: RetryPolicy | None = None,
+        *,
+        shard_count: int | None = None,
     ) -> None:
         self.config = config
         self.logs = list(logs)
+        self.shard_count = shard_count
+        """How many shards may be delivered at once (default: ``len(logs)``)."""
+        self.delivering: dict[int, EventLog] = {}
+        """The shards whose workers run, by number."""
+        self._shared: dict[str, _Shared] = {}
         self.metrics = metrics
         self.plugin_manager = plugin_manager
         self.retry_policy = retry_policy
@@ -69,11 +89,12 @@ class Router:
         self._deleter: asyncio.Task[None] | None = None
         self._suppressions: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Open every enabled destination and start its workers.
+    async def start(self, *, deliver: bool = True) -> None:
+        """Open every enabled destination and, with ``deliver``, start its workers on every log.
 
         New destinations' cursors are saved before this returns, so whoever starts ingress
-        after it cannot have an acknowledged event skipped.
+        after it cannot have an acknowledged event skipped. Without ``deliver`` the caller adds
+        the logs it delivers with :meth:`add_shard` (the partitions this node holds a lease on).
         """
         await asyncio.to_thread(self.control.open)
         await self._refresh_suppressions()
@@ -84,34 +105,20 @@ class Router:
                 continue
             cls = types[dest.type].cls
             destination = cls(dest.name, cls.settings_model.model_validate(dest.settings))
-            stage = destination_stage(dest, cls, named, lambda: self.suppressed)
             destination.bind_counter(functools.partial(self._count, dest.name))
             await destination.open()
             self.destinations[dest.name] = destination
-            depth = ShardGauge(self.metrics.queue_depth.labels(dest.name))
-            age = ShardGauge(self.metrics.oldest_pending_age.labels(dest.name), max)
-            circuit = self._circuit_for(dest)
-            flow = FlowControl(dest.flow, len(self.logs))
+            self._shared[dest.name] = _Shared(
+                stage=destination_stage(dest, cls, named, lambda: self.suppressed),
+                depth=ShardGauge(self.metrics.queue_depth.labels(dest.name)),
+                age=ShardGauge(self.metrics.oldest_pending_age.labels(dest.name), max),
+                circuit=self._circuit_for(dest),
+                flow=FlowControl(dest.flow, self.shard_count or len(self.logs)),
+            )
             self.workers[dest.name] = []
+        if deliver:
             for shard, event_log in enumerate(self.logs):
-                worker = DestinationWorker(
-                    config=dest,
-                    destination=destination,
-                    sources=self._sources_of(dest.name),
-                    event_log=event_log,
-                    metrics=self.metrics,
-                    plugin_manager=self.plugin_manager,
-                    retry_policy=self.retry_policy or RetryPolicy.from_config(dest.retry),
-                    depth=depth,
-                    shard=shard,
-                    circuit=circuit,
-                    flow=flow,
-                    tally=self.tally,
-                    age=age,
-                    stage=stage,
-                )
-                await worker.start()
-                self.workers[dest.name].append(worker)
+                await self.add_shard(shard, event_log)
         self._compactor = asyncio.create_task(self._compact_forever(), name="eventgate-compactor")
         self._stats_writer = asyncio.create_task(
             self._write_stats_forever(), name="eventgate-stats"
@@ -122,6 +129,44 @@ class Router:
         self._deleter = asyncio.create_task(
             DeletionWorker(self.control, self.destinations).run_forever(), name="eventgate-deleter"
         )
+
+    async def add_shard(self, shard: int, event_log: EventLog) -> None:
+        """Start delivering log shard (or partition) ``shard`` to every destination."""
+        for dest in self.config.destinations:
+            if dest.name not in self.destinations:
+                continue
+            shared = self._shared[dest.name]
+            worker = DestinationWorker(
+                config=dest,
+                destination=self.destinations[dest.name],
+                sources=self._sources_of(dest.name),
+                event_log=event_log,
+                metrics=self.metrics,
+                plugin_manager=self.plugin_manager,
+                retry_policy=self.retry_policy or RetryPolicy.from_config(dest.retry),
+                depth=shared.depth,
+                shard=shard,
+                circuit=shared.circuit,
+                flow=shared.flow,
+                tally=self.tally,
+                age=shared.age,
+                stage=shared.stage,
+            )
+            await worker.start()
+            self.workers[dest.name].append(worker)
+        self.delivering[shard] = event_log
+
+    async def remove_shard(self, shard: int, grace_s: float) -> None:
+        """Stop delivering ``shard`` (in-flight batches get ``grace_s``); cursors stay saved."""
+        self.delivering.pop(shard, None)
+        stopping: list[DestinationWorker] = []
+        for name, group in self.workers.items():
+            stopping.extend(w for w in group if w.shard == shard)
+            self.workers[name] = [w for w in group if w.shard != shard]
+            shared = self._shared[name]
+            shared.depth.set(shard, 0)
+            shared.age.set(shard, 0)
+        await asyncio.gather(*(w.stop(grace_s) for w in stopping))
 
     def _count(self, destination: str, what: str, amount: int) -> None:
         self.metrics.destination_counts.labels(destination, what).inc(amount)
@@ -196,7 +241,7 @@ class Router:
     async def _compact_forever(self) -> None:
         while True:
             await asyncio.sleep(_COMPACT_EVERY_S)
-            for event_log in self.logs:
+            for event_log in list(self.delivering.values()):
                 try:
                     deleted = await event_log.compact(list(self.workers))
                 except Exception:  # compaction is retried on the next tick

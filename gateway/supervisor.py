@@ -38,7 +38,9 @@ from aiohttp import web
 from prometheus_client import multiprocess
 
 from gateway.app import SERVER_OPTIONS, create_app
+from gateway.cluster import LeasedDelivery, jetstream_storage
 from gateway.config import GatewayConfig
+from gateway.errors import StorageUnavailableError
 from gateway.log.sqlite import SqliteEventLog, shards_in
 from gateway.metrics import Metrics, enable_multiprocess_metrics
 from gateway.router import Router
@@ -196,20 +198,27 @@ async def _supervise(
     announce: str,
 ) -> int:
     structlog.contextvars.bind_contextvars(process="router", pid=os.getpid())
-    # Every shard a process will write, and any left by an earlier run with more processes.
-    data_dir = config.storage.data_dir
-    shards = sorted(set(range(ingress.count)) | set(shards_in(data_dir)))
-    quota = int(config.storage.disk_quota_mb * 1024 * 1024)
-    window = config.storage.dedup_window_s
-    logs = [
-        SqliteEventLog(data_dir, disk_quota_bytes=quota, shard=n, dedup_window_s=window)
-        for n in shards
-    ]
-    for event_log in logs:
-        await event_log.open()
-    router = Router(config, logs, Metrics(ingress.metrics_dir), plugin_manager)
+    metrics = Metrics(ingress.metrics_dir)
+    logs: list[SqliteEventLog] = []
+    delivery: LeasedDelivery | None = None
+    if config.storage.backend == "jetstream":
+        partitions = config.storage.jetstream.partitions
+        router = Router(config, [], metrics, plugin_manager, shard_count=partitions)
+        delivery = LeasedDelivery(router, jetstream_storage(config))
+    else:
+        logs = _sqlite_shards(config, ingress.count)
+        for event_log in logs:
+            await event_log.open()
+        router = Router(config, logs, metrics, plugin_manager)
     # Cursors of new destinations are saved here, before any ingress process accepts an event.
-    await router.start()
+    await router.start(deliver=delivery is None)
+    if delivery is not None:
+        try:
+            await delivery.start()
+        except StorageUnavailableError as exc:
+            print(f"eventgate: {exc}", file=sys.stderr)
+            await router.stop(0)
+            return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -226,11 +235,25 @@ async def _supervise(
     finally:
         grace_s = config.server.shutdown_grace_s
         await asyncio.to_thread(ingress.stop, grace_s)
+        if delivery is not None:
+            await delivery.stop()
         await router.stop(grace_s)
         for event_log in logs:
             await event_log.close()
     log.info("supervisor.stopped")
     return 0
+
+
+def _sqlite_shards(config: GatewayConfig, processes: int) -> list[SqliteEventLog]:
+    """Every shard an ingress process will write, and any left by a run with more processes."""
+    data_dir = config.storage.data_dir
+    shards = sorted(set(range(processes)) | set(shards_in(data_dir)))
+    quota = int(config.storage.disk_quota_mb * 1024 * 1024)
+    window = config.storage.dedup_window_s
+    return [
+        SqliteEventLog(data_dir, disk_quota_bytes=quota, shard=n, dedup_window_s=window)
+        for n in shards
+    ]
 
 
 def _reserve(host: str, port: int) -> socket.socket:

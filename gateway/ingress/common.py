@@ -24,7 +24,7 @@ from gateway.errors import (
 from gateway.events import NormalizedEvent, RequestContext
 from gateway.ingress.auth import KeyRing
 from gateway.ingress.quota import QuotaBook, SourceQuota
-from gateway.log.base import EventLog
+from gateway.log.base import IngressLog
 from gateway.metrics import Metrics
 from gateway.pipeline.source_stage import SourceStage
 
@@ -52,7 +52,7 @@ def json_response(status: int, payload: Any, headers: dict[str, str] | None = No
 class IngressState:
     """The configuration and services the ingress handlers use."""
 
-    def __init__(self, config: GatewayConfig, event_log: EventLog, metrics: Metrics) -> None:
+    def __init__(self, config: GatewayConfig, event_log: IngressLog, metrics: Metrics) -> None:
         self.limits = config.server.limits
         self.trusted_proxy_header = config.server.trusted_proxy_header
         self.retry_after_s = config.storage.retry_after_s

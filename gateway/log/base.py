@@ -9,7 +9,7 @@ from typing import Protocol
 from gateway.destination import Event
 from gateway.events import NormalizedEvent
 
-__all__ = ["DeadLetter", "EventLog", "PendingRetry", "ReadResult"]
+__all__ = ["DeadLetter", "EventLog", "IngressLog", "PendingRetry", "ReadResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +121,22 @@ class EventLog(Protocol):
 
     async def compact(self, active_destinations: Collection[str]) -> int:
         """Delete events every active destination has passed; return how many were deleted."""
+
+
+class IngressLog(Protocol):
+    """What ingress needs of the log: append durably, and a few figures for health and metrics."""
+
+    async def open(self) -> None:
+        """Create, recover or connect to the storage."""
+
+    async def close(self) -> None:
+        """Finish pending writes and release the storage."""
+
+    async def append(self, events: Sequence[NormalizedEvent]) -> int:
+        """Store ``events`` durably (see :meth:`EventLog.append`); return the duplicates."""
+
+    def last_seq(self) -> int:
+        """The newest sequence number this process knows of."""
+
+    def used_bytes(self) -> int:
+        """How much storage the log uses, as last measured."""

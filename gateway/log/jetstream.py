@@ -1,67 +1,46 @@
-"""The distributed log (prototype, not wired into config yet): NATS JetStream through nats-py.
+"""The distributed log: NATS JetStream through nats-py, shared by every gateway node.
 
 The same partitioned model as the SQLite shards, so the router needs no change: partition ``n``
-of the log is the subject ``<prefix>.events.<n>`` of one stream, ``<PREFIX>_EVENTS`` (file
-storage, ``replicas`` copies, ``discard: new`` so a full stream refuses appends instead of
-dropping old events). One ``JetStreamEventLog`` object serves one partition, as one
-``SqliteEventLog`` serves one shard.
+is the subject ``<prefix>.events.<n>`` of one stream, ``<PREFIX>_EVENTS`` (file storage,
+``replicas`` copies, ``discard: new`` so a full stream refuses appends instead of dropping old
+events). :class:`JetStreamStorage` is one node's connection and the streams and buckets it
+keeps; :class:`JetStreamEventLog` is one partition of it, an :class:`~gateway.log.EventLog`.
+Ingress spreads events over the partitions by user (:mod:`gateway.log.partitioned`); each
+partition is delivered by one node at a time, the holder of its lease (:mod:`gateway.log.leases`).
 
-- **Append**: every event is published to the partition's subject with ``Nats-Msg-Id:
-  <messageId>`` (JetStream's duplicate window is the dedup window: an ack marked ``duplicate``
-  counts as a duplicate) and ``Eventgate-Source`` / ``Eventgate-Received-At`` headers; the body
-  is the event's body. A batch is published concurrently and ``append`` returns only once every
-  ack is in: acked by JetStream means durable. A refusal (the stream's ``max_bytes`` reached)
-  raises ``StorageFullError``, anything else (NATS unreachable, no ack in time)
-  ``StorageUnavailableError``, so ingress answers 503. A batch is not atomic: when one publish
-  fails, others of the batch may be stored; the client's retry of the request is then deduplicated
-  by messageId.
-- **Sequence numbers** are the stream's sequence: increasing, never reused, but shared by all
-  partitions, so a partition sees gaps. ``read`` is one batched direct get (``next_by_subj``,
-  ``batch``): one round trip per read, no consumer to create or clean up, served by any replica.
-- **Cursors**: the KV bucket ``<PREFIX>_CURSORS``, key ``<destination>.<partition>``.
-- **Retries**: the KV bucket ``<PREFIX>_RETRIES``, key ``<destination>.<seq>``, a JSON record
-  carrying the event itself (body included), as the protocol asks, so compaction never waits
-  for a retry. ``due_retries``, ``next_retry_at`` and ``first_pending_of`` fetch every retry
-  of the destination (one batched direct get of the last value per key) and sort in memory:
-  fine for a prototype; a retry stream (or a consumer with ``nak`` delays) would scale better.
-- **Dead letters**: the stream ``<PREFIX>_DEAD``, subject ``<prefix>.dead.<destination>``,
-  one JSON record per event with the reason, the last request/response and the event.
-- **Compaction** purges the partition's subject below the lowest cursor of the active
-  destinations, never anything newer.
-- **wait_beyond** wakes at once for this object's own appends and polls the subject's last
-  sequence for other processes' appends.
+- **Append**: every event is published with ``Nats-Msg-Id: <messageId>`` (JetStream's duplicate
+  window is the dedup window: an ack marked ``duplicate`` counts as a duplicate) and
+  ``Eventgate-Source`` / ``Eventgate-Received-At`` headers; the body is the event's body. A batch
+  is published concurrently and ``append`` returns only once every ack is in: acked by JetStream
+  means durable. A refusal (the stream's ``max_bytes`` reached) raises ``StorageFullError``,
+  anything else (NATS unreachable, no ack in time) ``StorageUnavailableError``, so ingress
+  answers 503. A batch is not atomic: when one publish fails, others of it may be stored; the
+  client's retry of the request is then deduplicated by messageId.
+- **Sequence numbers** are the stream's: increasing, never reused, shared by all partitions, so a
+  partition sees gaps. ``read`` is one batched direct get (``next_by_subj``): one round trip, no
+  consumer to create or clean up.
+- **Cursors**: the KV bucket ``<PREFIX>_CURSORS``, key ``<destination>.<partition>``: the
+  destination's durable position in the partition (what a durable consumer's ack floor would
+  be), created for every partition when a node starts, before its ingress accepts anything.
+- **Retries**: the KV bucket ``<PREFIX>_RETRIES``, key ``<destination>.<partition>.<seq>``, a JSON
+  record carrying the event itself, so compaction never waits for a retry.
+- **Dead letters**: the stream ``<PREFIX>_DEAD``, subject ``<prefix>.dead.<destination>``, one JSON
+  record per event with the reason, the last exchange, the partition and the event
+  (:mod:`gateway.log.jetstream_dlq` lists, replays and purges them).
+- **Compaction** purges the partition's subject below the lowest cursor, never anything newer.
 
-Not done yet: config and app wiring; per-destination durable consumers shared by several nodes
-(a cursor in KV assumes one active reader per destination and partition, as with SQLite);
-fencing that reader. Reads need nats-server 2.11 or newer (batched direct get). With
-``replicas > 1`` a direct get may be answered by a replica a moment behind the leader, so a
-read can miss the newest events until the next one. Loading all of a destination's retries per
-call holds them in memory, against the bounded-memory contract once thousands are pending.
-Deleted retries leave KV tombstones until the bucket is purged of them.
-
-Where the cursor protocol fits several nodes badly (the design question of the next step):
-
-1. ``read(after)`` + ``set_cursor`` is a high-water mark with a single reader. Nodes sharing a
-   destination need either partition leases (KV with a TTL and revision checks as fencing: the
-   router stays as it is, and per-user order comes free) or a consumer-style protocol
-   (``fetch`` -> work items, then ``ack`` / ``nak(delay)``) on durable pull consumers.
-2. Retries looked up by due time (``due_retries``, ``next_retry_at``, ``first_pending_of``) have
-   no index in JetStream, and two nodes could take the same due retry; ``nak`` with a delay and
-   the consumer's delivery count fit better. Per-user order then needs one active consumer per
-   partition.
-3. Queue depth as ``newest - cursor`` overcounts with gaps across partitions; a consumer's
-   ``num_pending`` is the honest figure.
-4. "Nothing was stored" on a failed append does not hold for a concurrent publish batch (dedup
-   makes the client's retry safe); NATS 2.12's atomic batch publish may fix it.
-5. Dead-letter listing, replay and purge, and the storage use behind the 503 and the metrics,
-   are outside the protocol (``dlq.py`` and ``app.py`` read SQLite directly) and must enter it
-   before wiring.
+Limits, measured or by construction: reads need nats-server 2.11 or newer (batched direct get);
+with ``replicas > 1`` a direct get may be answered by a replica a moment behind the leader, so a
+read can miss the newest events until the next one. The retry lookups (``due_retries``,
+``next_retry_at``, ``first_pending_of``) fetch the partition's retries of the destination in one
+batched direct get each: fine for thousands of pending retries, not for millions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -77,12 +56,13 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, PubAck, StorageType
 from nats.js.kv import KeyValue
 
+from gateway.config import JetStreamConfig
 from gateway.destination import Event
 from gateway.errors import StorageFullError, StorageUnavailableError
 from gateway.events import NormalizedEvent
 from gateway.log.base import DeadLetter, PendingRetry, ReadResult
 
-__all__ = ["JetStreamEventLog"]
+__all__ = ["JetStreamEventLog", "JetStreamStorage"]
 
 log = structlog.get_logger("eventgate.log")
 
@@ -93,109 +73,147 @@ _MSG_ID = "Nats-Msg-Id"
 _POLL_S = 0.02
 # The most messages one batched direct get of the retries asks for.
 _RETRY_PAGE = 1_000
+# How often the stream's size (behind the storage gauge) is asked for, at most.
+_USAGE_EVERY_S = 5.0
 # JetStream's error codes for a stream at its limits.
 _FULL_CODES = frozenset({10047, 10077, 10078})  # storage exceeded, max bytes, max messages
 
 
-class JetStreamEventLog:
-    """A :class:`~gateway.log.EventLog` on NATS JetStream: one partition of the events stream."""
+class JetStreamStorage:
+    """One node's connection to JetStream, and the streams and buckets eventgate keeps there.
 
-    def __init__(
-        self,
-        servers: list[str],
-        *,
-        partition: int = 0,
-        replicas: int = 1,
-        duplicate_window_s: float = 86400,
-        max_bytes: int | None = None,
-        stream_prefix: str = "EVENTGATE",
-        timeout_s: float = 5.0,
-    ) -> None:
-        self.servers = servers
-        self.partition = partition
-        self.replicas = replicas
-        self.duplicate_window_s = duplicate_window_s
-        self.max_bytes = max_bytes
-        self.timeout_s = timeout_s
-        self.events_stream = f"{stream_prefix}_EVENTS"
-        self.dead_stream = f"{stream_prefix}_DEAD"
-        self.cursors_bucket = f"{stream_prefix}_CURSORS"
-        self.retries_bucket = f"{stream_prefix}_RETRIES"
-        self._subjects = stream_prefix.lower()
-        self.subject = f"{self._subjects}.events.{partition}"
+    Opened by whoever uses it first and closed when the last user closes it (every partition
+    log of a process shares one connection).
+    """
+
+    def __init__(self, config: JetStreamConfig, *, dedup_window_s: float = 86_400) -> None:
+        self.config = config
+        self.dedup_window_s = dedup_window_s
+        prefix = config.stream_prefix
+        self.events_stream = f"{prefix}_EVENTS"
+        self.dead_stream = f"{prefix}_DEAD"
+        self.cursors_bucket = f"{prefix}_CURSORS"
+        self.retries_bucket = f"{prefix}_RETRIES"
+        self.leases_bucket = f"{prefix}_LEASES"
+        self.subjects = prefix.lower()
+        self.timeout_s = config.timeout_s
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._cursors: KeyValue | None = None
-        self._retries: KeyValue | None = None
-        self._closing = False
-        self._last_seq = 0
-        self._new_data = asyncio.Event()
+        self.cursors: KeyValue | None = None
+        self.retries: KeyValue | None = None
+        self.leases: KeyValue | None = None
+        self._users = 0
+        self._opening = asyncio.Lock()
+        self._partitions: dict[int, JetStreamEventLog] = {}
+        self._used_bytes = 0
+        self._measured_at = 0.0
+
+    def partition(self, number: int) -> JetStreamEventLog:
+        """The log of partition ``number`` (one object per partition and storage)."""
+        if number not in self._partitions:
+            self._partitions[number] = JetStreamEventLog(self, number)
+        return self._partitions[number]
+
+    def partitions(self) -> list[JetStreamEventLog]:
+        """Every partition's log, in order."""
+        return [self.partition(n) for n in range(self.config.partitions)]
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect, create (or update) the streams and buckets, and learn the last sequence.
+        """Connect (once per storage), then create or update the streams and buckets.
 
         Raises:
             StorageUnavailableError: NATS cannot be reached or JetStream is not enabled.
         """
+        async with self._opening:
+            self._users += 1
+            if self._users > 1:
+                return
+            try:
+                await self._connect()
+            except BaseException:
+                self._users -= 1
+                await self._disconnect()
+                raise
+
+    async def close(self) -> None:
+        """Release one use; the last one closes the connection (after its pending writes)."""
+        async with self._opening:
+            self._users = max(self._users - 1, 0)
+            if self._users == 0:
+                await self._disconnect()
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether JetStream can be written right now."""
+        return self._nc is not None and self._nc.is_connected and self._users > 0
+
+    async def _connect(self) -> None:
+        config = self.config
+        options: dict[str, Any] = {}
+        if config.credentials is not None:
+            options["user_credentials"] = str(config.credentials)
+        if config.user is not None:
+            options["user"] = config.user
+        if config.password is not None:
+            options["password"] = config.password.get_secret_value()
+        if config.token is not None:
+            options["token"] = config.token.get_secret_value()
         try:
             self._nc = await nats.connect(
-                self.servers,
-                connect_timeout=self.timeout_s,
+                config.servers,
+                connect_timeout=max(int(self.timeout_s), 1),
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.5,
                 error_cb=_on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=_on_reconnected,
+                name="eventgate",
+                **options,
             )
             # Fail fast when NATS is unreachable at startup, but once connected, reconnect
-            # forever (nats-py's initial connect would otherwise also retry forever).
+            # forever (to any server of the cluster).
             self._nc.options["max_reconnect_attempts"] = -1
             self._js = self._nc.jetstream(timeout=self.timeout_s)
             await self._ensure_stream(
                 name=self.events_stream,
-                subjects=[f"{self._subjects}.events.*"],
-                duplicate_window=self.duplicate_window_s,
-                max_bytes=-1 if self.max_bytes is None else self.max_bytes,
+                subjects=[f"{self.subjects}.events.*"],
+                duplicate_window=self.dedup_window_s,
+                max_bytes=-1 if config.max_bytes_mb is None else int(config.max_bytes_mb * 2**20),
                 discard=DiscardPolicy.NEW,
                 allow_direct=True,
             )
             await self._ensure_stream(
-                name=self.dead_stream, subjects=[f"{self._subjects}.dead.>"], allow_direct=True
+                name=self.dead_stream, subjects=[f"{self.subjects}.dead.>"], allow_direct=True
             )
-            self._cursors = await self._bucket(self.cursors_bucket)
-            self._retries = await self._bucket(self.retries_bucket)
-            info = await self._js.stream_info(self.events_stream)
+            self.cursors = await self._bucket(self.cursors_bucket)
+            self.retries = await self._bucket(self.retries_bucket)
+            self.leases = await self._bucket(self.leases_bucket, ttl=config.lease_ttl_s)
+            await self.refresh_usage()
         except (nats.errors.Error, OSError, TimeoutError) as exc:
-            await self._disconnect()
-            raise StorageUnavailableError(f"JetStream cannot be reached: {exc}") from exc
-        # An empty partition has nothing newer than the stream's last sequence.
-        self._last_seq = max(await self._subject_last_seq(), info.state.last_seq)
-        log.info(
-            "log.opened", stream=self.events_stream, subject=self.subject, last_seq=self._last_seq
-        )
-
-    async def close(self) -> None:
-        """Refuse further writes and close the connection (after its pending writes)."""
-        self._closing = True
-        await self._disconnect()
+            raise StorageUnavailableError(
+                f"JetStream at {', '.join(config.servers)} cannot be reached: "
+                f"{type(exc).__name__} {exc}".rstrip()
+            ) from exc
+        log.info("log.jetstream_opened", stream=self.events_stream, servers=config.servers)
 
     async def _disconnect(self) -> None:
-        if self._nc is None or self._nc.is_closed:
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is None or nc.is_closed:
             return
-        if self._nc.is_connected:
-            await self._nc.drain()
+        if nc.is_connected:
+            await nc.drain()
         else:
-            await self._nc.close()  # nothing can be flushed to a server that is gone
+            await nc.close()  # nothing can be flushed to a server that is gone
 
     async def _on_disconnected(self) -> None:
-        if not self._closing:
-            log.warning("log.nats_disconnected", servers=self.servers)
+        if self._users > 0:
+            log.warning("log.nats_disconnected", servers=self.config.servers)
 
     async def _ensure_stream(self, **config: Any) -> None:
-        js = self._require_js()
-        options = {"storage": StorageType.FILE, "num_replicas": self.replicas, **config}
+        js = self.require_js()
+        options = {"storage": StorageType.FILE, "num_replicas": self.config.replicas, **config}
         try:
             await js.add_stream(**options)
         except nats.js.errors.BadRequestError as exc:
@@ -203,16 +221,165 @@ class JetStreamEventLog:
                 raise
             await js.update_stream(**options)
 
-    async def _bucket(self, name: str) -> KeyValue:
-        js = self._require_js()
+    async def _bucket(self, name: str, ttl: float | None = None) -> KeyValue:
+        js = self.require_js()
         return await js.create_key_value(
-            bucket=name, history=1, storage=StorageType.FILE, replicas=self.replicas, direct=True
+            bucket=name,
+            history=1,
+            storage=StorageType.FILE,
+            replicas=self.config.replicas,
+            direct=True,
+            ttl=ttl,
         )
 
-    def _require_js(self) -> JetStreamContext:
-        if self._closing or self._js is None or self._nc is None or not self._nc.is_connected:
+    def require_js(self) -> JetStreamContext:
+        """The JetStream context.
+
+        Raises:
+            StorageUnavailableError: not connected (never opened, closed, or NATS is down).
+        """
+        if self._js is None or self._nc is None or not self._nc.is_connected:
             raise StorageUnavailableError("JetStream is not connected")
         return self._js
+
+    def require_nc(self) -> Client:
+        """The NATS connection (see :meth:`require_js`)."""
+        self.require_js()
+        assert self._nc is not None
+        return self._nc
+
+    # -- what every partition shares ---------------------------------------------------------
+
+    async def ensure_cursors(self, destinations: Collection[str]) -> None:
+        """Give every destination a cursor in every partition that has none: the stream's end.
+
+        Called by every node before its ingress starts, so a new destination never skips an
+        event acknowledged after that (whichever node delivers the partition later).
+        """
+        cursors = self._require_kv(self.cursors)
+        info = await self.call(self.require_js().stream_info(self.events_stream))
+        end = str(info.state.last_seq).encode()
+        for name in destinations:
+            for number in range(self.config.partitions):
+                # Refused when it has one (perhaps created by another node just now).
+                with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                    await self.call(cursors.create(f"{name}.{number}", end))
+
+    def used_bytes(self) -> int:
+        """The events stream's size at the last :meth:`refresh_usage`."""
+        return self._used_bytes
+
+    async def refresh_usage(self, *, max_age_s: float = 0.0) -> int:
+        """Ask JetStream for the events stream's size (unless asked within ``max_age_s``)."""
+        now = time.monotonic()
+        if now - self._measured_at >= max_age_s:
+            info = await self.call(self.require_js().stream_info(self.events_stream))
+            self._used_bytes = int(info.state.bytes)
+            self._measured_at = now
+        return self._used_bytes
+
+    async def direct_batch(
+        self, stream: str, request: dict[str, Any]
+    ) -> tuple[list[Msg], int, int]:
+        """One batched direct get: the messages, how many more match, and the view's last seq."""
+        nc = self.require_nc()
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        messages: list[Msg] = []
+        try:
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(request), reply=inbox)
+            while True:
+                msg = await self.call(sub.next_msg(timeout=self.timeout_s))
+                status = msg.headers.get("Status") if msg.headers else None
+                if status is None:
+                    messages.append(msg)
+                    continue
+                assert msg.headers is not None
+                if status == "404":
+                    return messages, 0, 0
+                if status == "204":
+                    pending = int(msg.headers.get("Nats-Num-Pending", "0"))
+                    up_to = int(msg.headers.get("Nats-UpTo-Sequence", "0"))
+                    return messages, pending, up_to
+                raise StorageUnavailableError(
+                    f"JetStream direct get failed: {status} {msg.headers.get('Description', '')}"
+                )
+        finally:
+            await sub.unsubscribe()
+
+    async def gather(self, calls: Any) -> None:
+        """Await JetStream calls concurrently (see :meth:`call`)."""
+        await self.call(asyncio.gather(*calls))
+
+    @staticmethod
+    async def call(awaitable: Any) -> Any:
+        """Await a JetStream call, turning its failures into the storage errors callers expect."""
+        try:
+            return await awaitable
+        except (
+            nats.js.errors.KeyNotFoundError,
+            nats.js.errors.NotFoundError,
+            nats.js.errors.KeyWrongLastSequenceError,
+        ):
+            raise
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            raise storage_error(exc) from exc
+
+    @staticmethod
+    def _require_kv(bucket: KeyValue | None) -> KeyValue:
+        if bucket is None:
+            raise StorageUnavailableError("JetStream is not open")
+        return bucket
+
+
+class JetStreamEventLog:
+    """A :class:`~gateway.log.EventLog` on NATS JetStream: one partition of the events stream."""
+
+    def __init__(self, storage: JetStreamStorage, partition: int) -> None:
+        self.storage = storage
+        self.partition = partition
+        self.subject = f"{storage.subjects}.events.{partition}"
+        self._open = False
+        self._last_seq = 0
+        self._new_data = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the shared storage and learn the partition's last sequence.
+
+        Raises:
+            StorageUnavailableError: NATS cannot be reached or JetStream is not enabled.
+        """
+        if self._open:
+            return
+        await self.storage.open()
+        self._open = True
+        try:
+            info = await self.storage.call(
+                self.storage.require_js().stream_info(self.storage.events_stream)
+            )
+            # An empty partition has nothing newer than the stream's last sequence.
+            self._last_seq = max(await self._subject_last_seq(), info.state.last_seq)
+        except BaseException:
+            await self.close()
+            raise
+        log.debug("log.opened", subject=self.subject, last_seq=self._last_seq)
+
+    async def close(self) -> None:
+        """Refuse further writes and release the shared storage."""
+        if self._open:
+            self._open = False
+            await self.storage.close()
+
+    def _js(self) -> JetStreamContext:
+        if not self._open:
+            raise StorageUnavailableError("the log is closed")
+        return self.storage.require_js()
+
+    def used_bytes(self) -> int:
+        """The whole events stream's size (every partition shares it)."""
+        return self.storage.used_bytes()
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -225,13 +392,14 @@ class JetStreamEventLog:
         """
         if not events:
             return 0
-        js = self._require_js()
+        js = self._js()
+        timeout_s = self.storage.timeout_s
         acks = await asyncio.gather(
             *(
                 js.publish(
                     self.subject,
                     event.body,
-                    timeout=self.timeout_s,
+                    timeout=timeout_s,
                     headers={
                         _MSG_ID: event.message_id,
                         _SOURCE: event.source,
@@ -248,7 +416,7 @@ class JetStreamEventLog:
             log.error(
                 "log.append_failed", error=str(failures[0]), stored=stored, failed=len(failures)
             )
-            raise _storage_error(failures[0]) from failures[0]
+            raise storage_error(failures[0]) from failures[0]
         duplicates = 0
         newest = self._last_seq
         for ack in acks:
@@ -265,40 +433,44 @@ class JetStreamEventLog:
 
     async def set_cursor(self, destination: str, seq: int) -> None:
         """Durably save how far ``destination`` has got in this partition."""
-        assert self._cursors is not None
-        self._require_js()
-        await self._call(self._cursors.put(self._cursor_key(destination), str(seq).encode()))
+        self._js()
+        cursors = self.storage.cursors
+        assert cursors is not None
+        await self.storage.call(cursors.put(self._cursor_key(destination), str(seq).encode()))
 
     async def schedule_retries(self, retries: Sequence[PendingRetry]) -> None:
         """Durably record (or replace) each event's retry record, keyed by destination and seq."""
-        assert self._retries is not None
-        self._require_js()
-        kv = self._retries
-        await self._gather(
-            kv.put(f"{r.destination}.{r.event.seq}", _encode_retry(r)) for r in retries
+        self._js()
+        kv = self.storage.retries
+        assert kv is not None
+        await self.storage.gather(
+            kv.put(self._retry_key(r.destination, r.event.seq), encode_retry(r)) for r in retries
         )
 
     async def retries_done(self, destination: str, seqs: Sequence[int]) -> None:
         """Forget the destination's retries of these events."""
-        assert self._retries is not None
-        self._require_js()
-        kv = self._retries
-        await self._gather(kv.delete(f"{destination}.{seq}") for seq in seqs)
+        self._js()
+        kv = self.storage.retries
+        assert kv is not None
+        await self.storage.gather(kv.delete(self._retry_key(destination, seq)) for seq in seqs)
 
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         """Publish each dead letter to the dead-letter stream, then drop its pending retry."""
-        js = self._require_js()
-        await self._gather(
+        js = self._js()
+        storage = self.storage
+        await storage.gather(
             js.publish(
-                f"{self._subjects}.dead.{letter.destination}",
-                _encode_dead_letter(letter),
-                timeout=self.timeout_s,
+                f"{storage.subjects}.dead.{letter.destination}",
+                encode_dead_letter(letter, self.partition),
+                timeout=storage.timeout_s,
             )
             for letter in letters
         )
-        assert self._retries is not None
-        kv = self._retries
-        await self._gather(kv.delete(f"{d.destination}.{d.event.seq}") for d in letters)
+        kv = self.storage.retries
+        assert kv is not None
+        await storage.gather(
+            kv.delete(self._retry_key(d.destination, d.event.seq)) for d in letters
+        )
 
     async def compact(self, active_destinations: Collection[str]) -> int:
         """Purge the partition's events every active destination's cursor has passed.
@@ -315,18 +487,20 @@ class JetStreamEventLog:
             bound = await self.refresh()
         if bound <= 0:
             return 0
-        nc = self._require_nc()
+        self._js()
+        nc = self.storage.require_nc()
         request = {"filter": self.subject, "seq": bound + 1}  # purges seq < bound + 1 only
-        reply = await self._call(
+        reply = await self.storage.call(
             nc.request(
-                f"$JS.API.STREAM.PURGE.{self.events_stream}",
+                f"$JS.API.STREAM.PURGE.{self.storage.events_stream}",
                 orjson.dumps(request),
-                timeout=self.timeout_s,
+                timeout=self.storage.timeout_s,
             )
         )
         answer = orjson.loads(reply.data)
         if "error" in answer:
             raise StorageUnavailableError(f"JetStream refused the purge: {answer['error']}")
+        await self.storage.refresh_usage(max_age_s=_USAGE_EVERY_S)
         return int(answer.get("purged", 0))
 
     # -- reads -------------------------------------------------------------------------------
@@ -357,14 +531,15 @@ class JetStreamEventLog:
 
     async def read(self, after: int, limit: int, sources: Collection[str] | None) -> ReadResult:
         """Up to ``limit`` events of the partition after ``after``, from ``sources``."""
+        self._js()
         wanted = None if sources is None else frozenset(sources)
         known = self._last_seq  # stored before the read began, so the read sees up to it
         request = {"seq": after + 1, "next_by_subj": self.subject, "batch": limit}
-        messages, pending, _ = await self._direct_batch(self.events_stream, request)
+        messages, pending, _ = await self.storage.direct_batch(self.storage.events_stream, request)
         events: list[Event] = []
         scanned_to = after
         for msg in messages:
-            event = _decode_event(msg)
+            event = decode_event(msg)
             scanned_to = event.seq
             if wanted is None or event.source in wanted:
                 events.append(event)
@@ -386,10 +561,11 @@ class JetStreamEventLog:
 
     async def get_cursor(self, destination: str) -> int | None:
         """The saved position of ``destination`` in this partition, or ``None``."""
-        assert self._cursors is not None
-        self._require_js()
+        self._js()
+        cursors = self.storage.cursors
+        assert cursors is not None
         try:
-            entry = await self._call(self._cursors.get(self._cursor_key(destination)))
+            entry = await self.storage.call(cursors.get(self._cursor_key(destination)))
         except nats.js.errors.KeyNotFoundError:
             return None
         return None if entry.value is None else int(entry.value)
@@ -421,97 +597,49 @@ class JetStreamEventLog:
                 first[r.user_key] = (r.event.seq, r.next_attempt_at)
         return first
 
-    async def count_dead_letters(self, destination: str | None = None) -> int:
-        """How many dead letters are kept (for one destination, or all)."""
-        js = self._require_js()
-        subject = f"{self._subjects}.dead.{'>' if destination is None else destination}"
-        info = await self._call(js.stream_info(self.dead_stream, subjects_filter=subject))
-        return sum((info.state.subjects or {}).values())
-
     # -- JetStream requests ------------------------------------------------------------------
 
     def _cursor_key(self, destination: str) -> str:
         return f"{destination}.{self.partition}"
 
-    def _require_nc(self) -> Client:
-        self._require_js()
-        assert self._nc is not None
-        return self._nc
+    def _retry_key(self, destination: str, seq: int) -> str:
+        return f"{destination}.{self.partition}.{seq}"
 
     async def _subject_last_seq(self) -> int:
-        js = self._require_js()
+        js = self._js()
         try:
-            msg = await self._call(js.get_last_msg(self.events_stream, self.subject, direct=True))
+            msg = await self.storage.call(
+                js.get_last_msg(self.storage.events_stream, self.subject, direct=True)
+            )
         except nats.js.errors.NotFoundError:
             return 0
         return int(msg.seq or 0)
 
     async def _retries_of(self, destination: str) -> list[PendingRetry]:
-        """Every pending retry of ``destination``: the last value of each of its keys."""
-        subject = f"$KV.{self.retries_bucket}.{destination}.*"
+        """Every pending retry of ``destination`` in the partition (the last value per key)."""
+        self._js()
+        bucket = self.storage.retries_bucket
+        subject = f"$KV.{bucket}.{destination}.{self.partition}.*"
         request: dict[str, Any] = {"multi_last": [subject], "batch": _RETRY_PAGE}
         found: list[PendingRetry] = []
         while True:
-            messages, pending, up_to = await self._direct_batch(
-                f"KV_{self.retries_bucket}", request
-            )
+            messages, pending, up_to = await self.storage.direct_batch(f"KV_{bucket}", request)
             found.extend(
-                _decode_retry(destination, msg.data)
+                decode_retry(destination, msg.data)
                 for msg in messages
                 if msg.headers is None or "KV-Operation" not in msg.headers  # not a deletion
             )
             if not pending or not messages:
                 return found
             # The next page: same view of the bucket (up to the same sequence), after this one.
-            request = {**request, "seq": _seq_of(messages[-1]) + 1, "up_to_seq": up_to}
-
-    async def _direct_batch(
-        self, stream: str, request: dict[str, Any]
-    ) -> tuple[list[Msg], int, int]:
-        """One batched direct get: the messages, how many more match, and the view's last seq."""
-        nc = self._require_nc()
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        messages: list[Msg] = []
-        try:
-            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(request), reply=inbox)
-            while True:
-                msg = await self._call(sub.next_msg(timeout=self.timeout_s))
-                status = msg.headers.get("Status") if msg.headers else None
-                if status is None:
-                    messages.append(msg)
-                    continue
-                assert msg.headers is not None
-                if status == "404":
-                    return messages, 0, 0
-                if status == "204":
-                    pending = int(msg.headers.get("Nats-Num-Pending", "0"))
-                    up_to = int(msg.headers.get("Nats-UpTo-Sequence", "0"))
-                    return messages, pending, up_to
-                raise StorageUnavailableError(
-                    f"JetStream direct get failed: {status} {msg.headers.get('Description', '')}"
-                )
-        finally:
-            await sub.unsubscribe()
-
-    async def _gather(self, calls: Any) -> None:
-        await self._call(asyncio.gather(*calls))
-
-    @staticmethod
-    async def _call(awaitable: Any) -> Any:
-        """Await a JetStream call, turning its failures into the storage errors callers expect."""
-        try:
-            return await awaitable
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.NotFoundError):
-            raise
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
-            raise _storage_error(exc) from exc
+            request = {**request, "seq": seq_of(messages[-1]) + 1, "up_to_seq": up_to}
 
 
-def _decode_event(msg: Msg) -> Event:
+def decode_event(msg: Msg) -> Event:
+    """The event a message of the events stream (or a direct get of it) holds."""
     headers = msg.headers or {}
     return Event(
-        seq=_seq_of(msg),
+        seq=seq_of(msg),
         source=headers.get(_SOURCE, ""),
         message_id=headers.get(_MSG_ID, ""),
         raw=msg.data,
@@ -519,20 +647,38 @@ def _decode_event(msg: Msg) -> Event:
     )
 
 
-def _seq_of(msg: Msg) -> int:
+def seq_of(msg: Msg) -> int:
+    """The stream sequence of a direct-get answer."""
     assert msg.headers is not None
     return int(msg.headers["Nats-Sequence"])
 
 
-def _encode_retry(retry: PendingRetry) -> bytes:
-    event = retry.event
+def _event_json(event: Event) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "source": event.source,
+        "message_id": event.message_id,
+        "received_at": event.received_at,
+        "body": base64.b64encode(event.raw).decode(),
+    }
+
+
+def event_from_json(record: dict[str, Any]) -> Event:
+    """The event of a retry or dead-letter record."""
+    return Event(
+        seq=record["seq"],
+        source=record["source"],
+        message_id=record["message_id"],
+        raw=base64.b64decode(record["body"]),
+        received_at=record["received_at"],
+    )
+
+
+def encode_retry(retry: PendingRetry) -> bytes:
+    """A retry record as the retries bucket keeps it."""
     return orjson.dumps(
         {
-            "seq": event.seq,
-            "source": event.source,
-            "message_id": event.message_id,
-            "received_at": event.received_at,
-            "body": base64.b64encode(event.raw).decode(),
+            "event": _event_json(retry.event),
             "attempts": retry.attempts,
             "first_attempt_at": retry.first_attempt_at,
             "next_attempt_at": retry.next_attempt_at,
@@ -544,17 +690,12 @@ def _encode_retry(retry: PendingRetry) -> bytes:
     )
 
 
-def _decode_retry(destination: str, data: bytes) -> PendingRetry:
+def decode_retry(destination: str, data: bytes) -> PendingRetry:
+    """The retry a record of the retries bucket holds."""
     record = orjson.loads(data)
     return PendingRetry(
         destination=destination,
-        event=Event(
-            seq=record["seq"],
-            source=record["source"],
-            message_id=record["message_id"],
-            raw=base64.b64decode(record["body"]),
-            received_at=record["received_at"],
-        ),
+        event=event_from_json(record["event"]),
         attempts=record["attempts"],
         first_attempt_at=record["first_attempt_at"],
         next_attempt_at=record["next_attempt_at"],
@@ -565,29 +706,25 @@ def _decode_retry(destination: str, data: bytes) -> PendingRetry:
     )
 
 
-def _encode_dead_letter(letter: DeadLetter) -> bytes:
-    event = letter.event
+def encode_dead_letter(letter: DeadLetter, partition: int) -> bytes:
+    """A dead letter as the dead-letter stream keeps it."""
     return orjson.dumps(
         {
             "destination": letter.destination,
+            "partition": partition,
             "reason": letter.reason,
             "attempts": letter.attempts,
             "first_attempt_at": letter.first_attempt_at,
             "last_attempt_at": letter.last_attempt_at,
             "request": letter.request,
             "response": letter.response,
-            "event": {
-                "seq": event.seq,
-                "source": event.source,
-                "message_id": event.message_id,
-                "received_at": event.received_at,
-                "body": base64.b64encode(event.raw).decode(),
-            },
+            "event": _event_json(letter.event),
         }
     )
 
 
-def _storage_error(exc: BaseException) -> Exception:
+def storage_error(exc: BaseException) -> Exception:
+    """The storage error a NATS failure means for ingress: full (503) or unavailable (503)."""
     if isinstance(exc, StorageFullError | StorageUnavailableError):
         return exc
     if isinstance(exc, nats.js.errors.APIError) and (

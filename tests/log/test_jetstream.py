@@ -15,12 +15,14 @@ import sysconfig
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.errors import StorageFullError, StorageUnavailableError
-from gateway.log import EventLog, jetstream
-from gateway.log.jetstream import JetStreamEventLog
+from gateway.config import JetStreamConfig
+from gateway.log import EventLog, jetstream, jetstream_dlq
+from gateway.log.jetstream import JetStreamEventLog, JetStreamStorage
 from tests.log.conformance import EventLogContract, OpenLog, events, retry
 
 _prefixes = itertools.count()
@@ -83,15 +85,21 @@ def _nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServe
 OpenJetStreamLog = Callable[..., Awaitable[JetStreamEventLog]]
 
 
+def js_config(url: str, **options: Any) -> JetStreamConfig:
+    """A JetStream config for the server at ``url`` (test-sized partitions and timeouts)."""
+    options.setdefault("partitions", 4)
+    return JetStreamConfig(servers=[url], **options)
+
+
 @pytest.fixture(name="open_js_log")
 async def _open_js_log(nats_server: NatsServer) -> AsyncIterator[OpenJetStreamLog]:
     prefix = f"T{next(_prefixes)}_{time.time_ns()}"
     logs: list[JetStreamEventLog] = []
 
-    async def open_log(**options: object) -> JetStreamEventLog:
+    async def open_log(partition: int = 0, **options: Any) -> JetStreamEventLog:
         options.setdefault("stream_prefix", prefix)
-        options.setdefault("duplicate_window_s", 3600)
-        event_log = JetStreamEventLog([nats_server.url], **options)  # type: ignore[arg-type]
+        storage = JetStreamStorage(js_config(nats_server.url, **options), dedup_window_s=3600)
+        event_log = storage.partition(partition)
         await event_log.open()
         logs.append(event_log)
         return event_log
@@ -113,7 +121,7 @@ class TestJetStreamEventLogContract(EventLogContract):
 
     async def count_dead_letters(self, event_log: EventLog, destination: str) -> int:
         assert isinstance(event_log, JetStreamEventLog)
-        return await event_log.count_dead_letters(destination)
+        return await jetstream_dlq.count_letters(event_log.storage, destination)
 
 
 async def test_partitions_are_separate(open_js_log: OpenJetStreamLog) -> None:
@@ -139,7 +147,7 @@ async def test_duplicates_are_global_across_partitions(open_js_log: OpenJetStrea
 
 async def test_max_bytes_reached_raises_storage_full(open_js_log: OpenJetStreamLog) -> None:
     """Once the stream holds max_bytes, append raises StorageFullError instead of dropping."""
-    event_log = await open_js_log(max_bytes=2048)
+    event_log = await open_js_log(max_bytes_mb=2048 / 2**20)
     with pytest.raises(StorageFullError):
         await event_log.append(events(100))  # ~150 bytes each with headers
     stored = (await event_log.read(0, 1000, None)).events
@@ -153,7 +161,8 @@ async def test_nats_down_append_raises_unavailable(
     """With the NATS server gone, append raises StorageUnavailableError, never returns."""
     server = NatsServer(tmp_path / "nats")
     try:
-        event_log = JetStreamEventLog([server.url], stream_prefix="DOWN", timeout_s=1.0)
+        config = js_config(server.url, stream_prefix="DOWN", timeout_s=1.0)
+        event_log = JetStreamStorage(config).partition(0)
         await event_log.open()
         await event_log.append(events(1))
         server.stop()
@@ -166,7 +175,8 @@ async def test_nats_down_append_raises_unavailable(
 
 async def test_unreachable_nats_fails_open(tmp_path: Path) -> None:
     """Opening against a port nobody listens on raises StorageUnavailableError."""
-    event_log = JetStreamEventLog([f"nats://127.0.0.1:{free_port()}"], timeout_s=0.5)
+    config = js_config(f"nats://127.0.0.1:{free_port()}", timeout_s=0.5)
+    event_log = JetStreamStorage(config).partition(0)
     with pytest.raises(StorageUnavailableError):
         await event_log.open()
 
