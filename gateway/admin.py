@@ -1,6 +1,8 @@
 """The admin API: token-protected JSON endpoints for operators.
 
-Dead letters, delivery reports, suppressed users, deletion requests and tracking-plan violations.
+Dead letters, delivery reports, suppressed users, deletion requests and tracking-plan violations
+live here, under ``/api/...`` (the console's API, see :mod:`gateway.console`, which adds the
+rest) and under the older ``/admin/...`` paths. ``/api/openapi.json`` describes them all.
 
 Every route needs ``Authorization: Bearer <server.admin_token>``, compared in constant time;
 with no token configured the routes answer 404, as if they did not exist.
@@ -15,16 +17,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import pluggy
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from gateway import dlq
 from gateway.config import GatewayConfig
+from gateway.console import add_console_routes
 from gateway.control import ControlStore
 from gateway.dlq import DeadLetterFilter
 from gateway.errors import RequestRejectedError
 from gateway.ingress.body import parse_json, read_body
-from gateway.ingress.common import IngressState, json_response
+from gateway.ingress.common import IngressState, json_errors, json_response
+from gateway.plugins import make_plugin_manager
 from gateway.stats import delivery_report
 
 __all__ = ["add_admin_routes"]
@@ -70,25 +75,41 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def add_admin_routes(app: web.Application, config: GatewayConfig, state: IngressState) -> None:
-    """Register ``/admin/dead-letters`` (list, show, replay, purge) and the delivery view."""
+def add_admin_routes(
+    app: web.Application,
+    config: GatewayConfig,
+    state: IngressState,
+    plugin_manager: pluggy.PluginManager | None = None,
+) -> None:
+    """Register the admin API (``/api/...`` and ``/admin/...``) and the console's pages."""
     api = _AdminApi(config, config.storage.data_dir, state.control)
     routes: list[tuple[str, str, _Handler]] = [
-        ("GET", "/admin/dead-letters", api.list_letters),
-        ("GET", "/admin/dead-letters/{key}", api.show),
-        ("POST", "/admin/dead-letters/replay", api.replay),
-        ("POST", "/admin/dead-letters/purge", api.purge),
-        ("GET", "/admin/destinations/{name}/delivery", api.delivery),
-        ("GET", "/admin/suppressions", api.suppressions),
-        ("POST", "/admin/suppressions", api.suppress),
-        ("DELETE", "/admin/suppressions/{user_id}", api.unsuppress),
-        ("GET", "/admin/deletions", api.deletions),
-        ("POST", "/admin/deletions", api.request_deletion),
-        ("GET", "/admin/deletions/{id}", api.deletion),
-        ("GET", "/admin/violations", api.violations),
+        ("GET", "/dead-letters", api.list_letters),
+        ("GET", "/dead-letters/{key}", api.show),
+        ("POST", "/dead-letters/replay", api.replay),
+        ("POST", "/dead-letters/purge", api.purge),
+        ("GET", "/suppressions", api.suppressions),
+        ("POST", "/suppressions", api.suppress),
+        ("DELETE", "/suppressions/{user_id}", api.unsuppress),
+        ("GET", "/deletions", api.deletions),
+        ("POST", "/deletions", api.request_deletion),
+        ("GET", "/deletions/{id}", api.deletion),
+        ("GET", "/violations", api.violations),
     ]
+    # Not state.handler: a refused admin request is no ingestion error for the console.
     for method, path, handler in routes:
-        app.router.add_route(method, path, state.handler(api.guard(handler)))
+        for prefix in ("/admin", "/api"):
+            app.router.add_route(
+                method, prefix + path, json_errors(api.guard(handler), state.metrics)
+            )
+    app.router.add_get(
+        "/admin/destinations/{name}/delivery", json_errors(api.guard(api.delivery), state.metrics)
+    )
+    if plugin_manager is None:
+        from gateway.app import PLUGINS_KEY  # noqa: PLC0415 - gateway.app imports this module
+
+        plugin_manager = app.get(PLUGINS_KEY) or make_plugin_manager()
+    add_console_routes(app, config, state, plugin_manager, api.guard)
 
 
 class _Suppress(BaseModel):

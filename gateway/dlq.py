@@ -24,10 +24,13 @@ from gateway.log.sqlite import shard_path, shards_in
 __all__ = [
     "DeadLetterFilter",
     "DeadLetterRow",
+    "count_by_destination",
+    "delivery_state",
     "letter_json",
     "list_letters",
     "purge",
     "replay",
+    "replay_one",
     "show",
 ]
 
@@ -163,6 +166,63 @@ def replay(data_dir: Path, match: DeadLetterFilter) -> int:
             conn.execute("COMMIT")
         total += moved
     return total
+
+
+def count_by_destination(data_dir: Path) -> dict[str, int]:
+    """How many dead letters each destination has, over every shard."""
+    counts: dict[str, int] = {}
+    for shard in shards_in(data_dir):
+        with _shard(data_dir, shard) as conn:
+            for destination, count in conn.execute(
+                "SELECT destination, COUNT(*) FROM dead_letters GROUP BY destination"
+            ):
+                counts[destination] = counts.get(destination, 0) + count
+    return counts
+
+
+def replay_one(data_dir: Path, key: str) -> tuple[str, str] | None:
+    """Re-enqueue the dead letter named ``key``; return its destination and its event's
+    reference (``<shard>:<seq>``, for :func:`delivery_state`), or ``None`` if there is none."""
+    shard, _, number = key.partition(":")
+    if not (shard.isdigit() and number.isdigit()) or int(shard) not in shards_in(data_dir):
+        return None
+    now = time.time()
+    with _shard(data_dir, int(shard)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(
+            "SELECT destination, seq FROM dead_letters WHERE id = ?", (int(number),)
+        ).fetchone()
+        if row is not None:
+            conn.execute(_REPLAY_SQL.format(where="id = ?"), (now, now, int(number)))
+            conn.execute("DELETE FROM dead_letters WHERE id = ?", (int(number),))
+        conn.execute("COMMIT")
+    return None if row is None else (row[0], f"{shard}:{row[1]}")
+
+
+def delivery_state(data_dir: Path, destination: str, ref: str) -> str | None:
+    """Where the event ``ref`` (``<shard>:<seq>``) stands for ``destination``.
+
+    ``dead_lettered``, ``retrying`` (a retry or a replay is pending), ``pending`` (the
+    destination has not reached it yet) or ``done`` (delivered, or left out by the
+    destination's rules); ``None`` when ``ref`` names no shard.
+    """
+    shard, _, number = ref.partition(":")
+    if not (shard.isdigit() and number.isdigit()) or int(shard) not in shards_in(data_dir):
+        return None
+    seq = int(number)
+    with _shard(data_dir, int(shard)) as conn:
+        if conn.execute(
+            "SELECT 1 FROM dead_letters WHERE destination = ? AND seq = ?", (destination, seq)
+        ).fetchone():
+            return "dead_lettered"
+        if conn.execute(
+            "SELECT 1 FROM retries WHERE destination = ? AND seq = ?", (destination, seq)
+        ).fetchone():
+            return "retrying"
+        cursor = conn.execute(
+            "SELECT seq FROM cursors WHERE destination = ?", (destination,)
+        ).fetchone()
+    return "done" if cursor is not None and cursor[0] >= seq else "pending"
 
 
 def purge(data_dir: Path, match: DeadLetterFilter) -> int:

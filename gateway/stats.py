@@ -21,7 +21,7 @@ import orjson
 
 from gateway.log.sqlite import shard_path
 
-__all__ = ["LATENCY_BOUNDS_S", "DeliveryTally", "delivery_report"]
+__all__ = ["LATENCY_BOUNDS_S", "DeliveryTally", "delivery_report", "delivery_trends"]
 
 LATENCY_BOUNDS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 KEEP_MINUTES = 24 * 60
@@ -216,3 +216,48 @@ def delivery_report(data_dir: Path, destination: str, now: float | None = None) 
             "p95LatencyS": _p95(latency),
         }
     return {"destination": destination, "windows": windows, "errorSamples": samples}
+
+
+def delivery_trends(data_dir: Path, destination: str, now: float | None = None) -> dict[str, Any]:
+    """The Event Delivery charts of ``destination``: the last hour per minute and the last 24
+    hours per hour, each bucket with delivered, failed attempts, not delivered and p95."""
+    now = time.time() if now is None else now
+    minute = int(now // 60)
+    path = shard_path(data_dir, 0)
+    rows: list[Any] = []
+    if path.exists():
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            conn.execute("PRAGMA busy_timeout=10000")
+            has_tables = conn.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'delivery_stats'"
+            ).fetchone()[0]
+            if has_tables:
+                rows = conn.execute(
+                    "SELECT minute, delivered, failed, dead_lettered, latency FROM "
+                    "delivery_stats WHERE destination = ? AND minute > ?",
+                    (destination, minute - KEEP_MINUTES),
+                ).fetchall()
+    trends: dict[str, Any] = {}
+    for name, bucket_minutes, buckets in (("1h", 1, 60), ("24h", 60, 24)):
+        last = minute - minute % bucket_minutes
+        start = last - (buckets - 1) * bucket_minutes
+        series = [_Minute() for _ in range(buckets)]
+        for row_minute, delivered, failed, dead, latency in rows:
+            index = (row_minute - start) // bucket_minutes
+            if 0 <= index < buckets:
+                into = series[index]
+                into.delivered += delivered
+                into.failed += failed
+                into.dead_lettered += dead
+                into.latency = [
+                    a + b for a, b in zip(into.latency, orjson.loads(latency), strict=True)
+                ]
+        trends[name] = {
+            "start": start * 60,
+            "bucketS": bucket_minutes * 60,
+            "delivered": [b.delivered for b in series],
+            "failedAttempts": [b.failed for b in series],
+            "notDelivered": [b.dead_lettered for b in series],
+            "p95LatencyS": [_p95(b.latency) for b in series],
+        }
+    return trends

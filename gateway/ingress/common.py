@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -28,7 +28,14 @@ from gateway.log.base import IngressLog
 from gateway.metrics import Metrics
 from gateway.pipeline.source_stage import SourceStage
 
-__all__ = ["CORS_HEADERS", "IngressState", "add_json_fallback", "json_errors", "json_response"]
+__all__ = [
+    "CORS_HEADERS",
+    "IngressObserver",
+    "IngressState",
+    "add_json_fallback",
+    "json_errors",
+    "json_response",
+]
 
 log = structlog.get_logger("eventgate.ingress")
 
@@ -47,6 +54,20 @@ def json_response(status: int, payload: Any, headers: dict[str, str] | None = No
         content_type="application/json",
         headers=CORS_HEADERS if headers is None else {**CORS_HEADERS, **headers},
     )
+
+
+class IngressObserver(Protocol):
+    """Told what ingress stored and refused (the console's ingest statistics).
+
+    Called on the request path: an implementation only keeps references and counts, and does
+    its real work later, off the request.
+    """
+
+    def stored(self, source: str, events: list[NormalizedEvent], duplicates: int) -> None:
+        """``events`` were appended for ``source``; ``duplicates`` of them were already."""
+
+    def rejected(self, source: str | None, items: list[dict[str, Any]], status: int) -> None:
+        """Events or a whole request were refused (``items``: ``code`` and ``message`` each)."""
 
 
 class IngressState:
@@ -80,10 +101,16 @@ class IngressState:
         self._deduplicated: Counter[str] = Counter()
         self._filtered: Counter[tuple[str, str, str]] = Counter()
         self._violations: dict[ViolationKey, tuple[int, float, str]] = {}
+        self.observer: IngressObserver | None = None
+        """Told what was stored and refused, when set (the console sets it)."""
 
     def handler(self, handler: _Handler) -> _Handler:
         """``handler`` with refusals answered as JSON (see :func:`json_errors`)."""
-        return json_errors(handler, self.metrics)
+        return json_errors(handler, self.metrics, self._request_rejected)
+
+    def _request_rejected(self, exc: RequestRejectedError) -> None:
+        if self.observer is not None:
+            self.observer.rejected(None, [{"code": exc.code, "message": exc.message}], exc.status)
 
     def request_context(
         self,
@@ -133,6 +160,8 @@ class IngressState:
         if rejected:
             codes = Counter(r["code"] for r in rejected)
             log.info("ingress.events_rejected", source=source, count=len(rejected), codes=codes)
+            if self.observer is not None:
+                self.observer.rejected(source, rejected, 200)
         stage = self.stages.get(source)
         if stage is not None and events and (stage.has_rules or self.suppressed):
             staged = stage.apply(events)
@@ -161,6 +190,8 @@ class IngressState:
                 retry_after_s=self.retry_after_s,
             ) from None
         self._received[source] += len(events) - duplicates
+        if self.observer is not None:
+            self.observer.stored(source, events, duplicates)
         if duplicates:
             # Answered as accepted, as Segment does: the first copy is stored.
             self._deduplicated[source] += duplicates
@@ -222,8 +253,14 @@ class IngressState:
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def json_errors(handler: _Handler, metrics: Metrics) -> _Handler:
+def json_errors(
+    handler: _Handler,
+    metrics: Metrics,
+    on_rejected: Callable[[RequestRejectedError], None] | None = None,
+) -> _Handler:
     """Wrap one route's handler so every refusal is ``{"success": false, "code", "message"}``.
+
+    ``on_rejected`` is told of each refusal (ingress routes tell the console's statistics).
 
     Per route rather than a middleware: aiohttp rebuilds the middleware chain on every request,
     which cost about 3% of single-event ingest throughput in bench/.
@@ -234,6 +271,8 @@ def json_errors(handler: _Handler, metrics: Metrics) -> _Handler:
             return await handler(request)
         except RequestRejectedError as exc:
             metrics.requests_rejected.labels(exc.code).inc()
+            if on_rejected is not None:
+                on_rejected(exc)
             log.info("ingress.rejected", path=request.path, status=exc.status, code=exc.code)
             headers = None
             if exc.retry_after_s is not None:
