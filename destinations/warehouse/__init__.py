@@ -21,6 +21,8 @@ from destinations.warehouse.duckdb_backend import DuckDBWarehouse
 from destinations.warehouse.duckdb_sql import DuckDBSqlWarehouse
 from destinations.warehouse.naming import identifier, snake_case
 from destinations.warehouse.plan import merge_users
+from destinations.warehouse.postgres_backend import PostgresWarehouse
+from destinations.warehouse.postgres_sql import PostgresSqlWarehouse
 from destinations.warehouse.schema import Row, rows_of
 from gateway.destination import BatchDestination, Destination, Event
 from gateway.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
@@ -30,6 +32,10 @@ from gateway.plugins import hookimpl
 __all__ = ["WarehouseDestination", "WarehouseSettings", "register_destination_types"]
 
 log = structlog.get_logger("eventgate.destinations.warehouse")
+
+RawEventLoader = DuckDBSqlWarehouse | PostgresSqlWarehouse
+"""The sql loaders: backends with ``load_events`` and ``fallbacks``, handed the raw events."""
+RawEventLoaders = (DuckDBSqlWarehouse, PostgresSqlWarehouse)
 
 
 class WarehouseSettings(BaseModel):
@@ -63,8 +69,9 @@ class WarehouseSettings(BaseModel):
     pool_size: int = Field(2, ge=1, le=64, description="postgres: connections to keep open.")
     loader: Literal["sql", "python"] = Field(
         "sql",
-        description="duckdb: sql lets DuckDB flatten and type the events (about 3x faster); "
-        "python flattens them in Python first (the reference the sql loader is tested against).",
+        description="sql lets the database flatten and type the events (DuckDB: about 3x "
+        "faster; PostgreSQL: about 2x); python flattens them in Python first (the reference the "
+        "sql loader is tested against).",
     )
     threads: int | None = Field(
         1, ge=1, description="duckdb: threads DuckDB may use (null: one per core)."
@@ -112,7 +119,7 @@ class WarehouseDestination(BatchDestination[WarehouseSettings]):
         # Flattened before taking the lock, so one shard's batch is flattened while another's
         # load runs in the database; in a thread, so the router's event loop (every other
         # destination's deliveries) is not stalled for the ~65 ms a 5,000-event batch takes.
-        if isinstance(self.backend, DuckDBSqlWarehouse):
+        if isinstance(self.backend, RawEventLoaders):
             return await self._send_raw(self.backend, events)
         tables = await asyncio.to_thread(_tables, events)
         async with self._lock:
@@ -126,9 +133,9 @@ class WarehouseDestination(BatchDestination[WarehouseSettings]):
         return None
 
     async def _send_raw(
-        self, backend: DuckDBSqlWarehouse, events: Sequence[Event]
+        self, backend: RawEventLoader, events: Sequence[Event]
     ) -> Sequence[DeliveryError | None] | None:
-        """The sql loader's :meth:`send_batch`: DuckDB reads the events' own JSON."""
+        """The sql loader's :meth:`send_batch`: the database reads the events' own JSON."""
         async with self._lock:
             try:
                 await self._load_raw(backend, events)
@@ -148,7 +155,7 @@ class WarehouseDestination(BatchDestination[WarehouseSettings]):
                     outcomes.append(None)
             return outcomes
 
-    async def _load_raw(self, backend: DuckDBSqlWarehouse, events: Sequence[Event]) -> None:
+    async def _load_raw(self, backend: RawEventLoader, events: Sequence[Event]) -> None:
         before = sum(backend.fallbacks.values())
         try:
             result = await backend.load_events(events)
@@ -197,10 +204,9 @@ class WarehouseDestination(BatchDestination[WarehouseSettings]):
 
 def _backend_for(settings: WarehouseSettings) -> WarehouseBackend:
     if settings.backend == "postgres":
-        from destinations.warehouse.postgres_backend import PostgresWarehouse  # noqa: PLC0415
-
         assert settings.dsn is not None  # checked by the settings model
-        return PostgresWarehouse(
+        postgres = PostgresSqlWarehouse if settings.loader == "sql" else PostgresWarehouse
+        return postgres(
             settings.dsn.get_secret_value(),
             max_columns=settings.max_columns,
             pool_size=settings.pool_size,

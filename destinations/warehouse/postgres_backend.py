@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -26,9 +26,9 @@ from destinations.warehouse.backend import (
     quote,
 )
 from destinations.warehouse.plan import Conflict, TablePlan, plan_table
-from destinations.warehouse.schema import ColumnType
+from destinations.warehouse.schema import ColumnType, Row
 
-__all__ = ["PostgresWarehouse"]
+__all__ = ["PostgresWarehouse", "combined", "lock_key", "table_columns"]
 
 _TYPE_NAMES = {
     ColumnType.BOOLEAN: "boolean",
@@ -95,28 +95,38 @@ class PostgresWarehouse(WarehouseBackend):
     async def load(self, tables: Tables) -> LoadResult:
         """Load ``tables`` in one transaction; see :class:`WarehouseBackend` for the errors."""
         loaded_at = datetime.now(UTC)
-        rows = unmapped = 0
-        changes: list[str] = []
+        results = []
         async with self._transaction("load") as conn:
+            # Schema by schema, tables in sorted order: the advisory locks are always taken in
+            # (schema, table) order, so two loads never deadlock on them.
             for schema in sorted(tables):
                 await self._create_schema(conn, schema)
-            for schema, table in sorted((s, t) for s, by in tables.items() for t in by):
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema, table))
-                existing = await _table_columns(conn, schema, table)
-                # Off the event loop: planning a 5,000-event batch takes ~0.1 s of CPU, which
-                # would otherwise stall every other destination's deliveries in this process.
-                plan = await asyncio.to_thread(
-                    plan_table,
-                    table,
-                    tables[schema][table],
-                    existing,
-                    loaded_at=loaded_at,
-                    max_columns=self.max_columns,
-                )
-                changes.extend(await self._apply_ddl(conn, schema, plan, existing or {}))
-                await self._insert(conn, schema, plan)
-                rows += len(plan.rows)
-                unmapped += plan.unmapped_values
+                results.append(await self._load_rows(conn, schema, tables[schema], loaded_at))
+        return combined(results)
+
+    async def _load_rows(
+        self, conn: Any, schema: str, by_table: Mapping[str, Sequence[Row]], loaded_at: datetime
+    ) -> LoadResult:
+        """Plan and insert one schema's rows (the Python path), inside the caller's transaction."""
+        rows = unmapped = 0
+        changes: list[str] = []
+        for table in sorted(by_table):
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(schema, table))
+            existing = await table_columns(conn, schema, table)
+            # Off the event loop: planning a 5,000-event batch takes ~0.1 s of CPU, which
+            # would otherwise stall every other destination's deliveries in this process.
+            plan = await asyncio.to_thread(
+                plan_table,
+                table,
+                by_table[table],
+                existing,
+                loaded_at=loaded_at,
+                max_columns=self.max_columns,
+            )
+            changes.extend(await self._apply_ddl(conn, schema, plan, existing or {}))
+            await self._insert(conn, schema, plan)
+            rows += len(plan.rows)
+            unmapped += plan.unmapped_values
         return LoadResult(rows=rows, unmapped_values=unmapped, schema_changes=changes)
 
     async def delete_user(self, user_id: str) -> int:
@@ -151,7 +161,7 @@ class PostgresWarehouse(WarehouseBackend):
     async def columns(self, schema: str, table: str) -> dict[str, ColumnType] | None:
         """The columns of ``schema.table``, or ``None``."""
         async with self._transaction("query") as conn:
-            return await _table_columns(conn, schema, table)
+            return await table_columns(conn, schema, table)
 
     @asynccontextmanager
     async def _transaction(self, action: str) -> AsyncIterator[Any]:
@@ -174,7 +184,7 @@ class PostgresWarehouse(WarehouseBackend):
         exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
         if not exists:
             # CREATE SCHEMA IF NOT EXISTS alone fails when two transactions run it at once.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema, ""))
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(schema, ""))
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
 
     async def _apply_ddl(
@@ -237,12 +247,13 @@ class PostgresWarehouse(WarehouseBackend):
         return text.replace(unquote(password), "***") if password else text
 
 
-async def _table_columns(conn: Any, schema: str, table: str) -> dict[str, ColumnType] | None:
+async def table_columns(conn: Any, schema: str, table: str) -> dict[str, ColumnType] | None:
+    """The columns of ``schema.table`` and their types (``None``: no such table)."""
     found = await conn.fetch(_COLUMNS_SQL, schema, table)
     return {name: column_type(sql_type) for name, sql_type in found} or None
 
 
-def _lock_key(schema: str, table: str) -> int:
+def lock_key(schema: str, table: str) -> int:
     """A stable signed 64-bit advisory lock key for ``schema.table`` (``table`` "": the schema)."""
     # Namespaced, so the key does not collide with other applications' advisory locks.
     name = f"eventgate.warehouse:{schema}.{table}".encode()
@@ -258,6 +269,15 @@ def _cast(column: str, old: ColumnType, new: ColumnType) -> str:
         # ISO 8601 in UTC (the session's time zone), like the strings that arrive later.
         return f"""to_char({name}, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
     return f"{name}::{_TYPE_NAMES[new]}"
+
+
+def combined(results: Sequence[LoadResult]) -> LoadResult:
+    """One :class:`LoadResult` adding up ``results``."""
+    return LoadResult(
+        rows=sum(r.rows for r in results),
+        unmapped_values=sum(r.unmapped_values for r in results),
+        schema_changes=[change for r in results for change in r.schema_changes],
+    )
 
 
 def _on_conflict(plan: TablePlan) -> str:

@@ -1,0 +1,226 @@
+"""What the PostgreSQL SQL loader needs to know of each event: its layout, once per shape.
+
+The SQL loader (:mod:`destinations.warehouse.postgres_sql`) hands PostgreSQL the events' own JSON
+and lets it extract every column. Python still decodes each event, but only to take its
+**shape**: the keys it has and the kind of each value (string, timestamp, boolean, integer, ...),
+as one hashable tuple. Everything else is worked out once per distinct shape and cached: the
+shape's :class:`Layout`, which table each row goes to and which JSON path fills each column. The
+layout is found by running the Python path's own :func:`~destinations.warehouse.schema.rows_of`
+on a skeleton of the event whose leaves are :class:`Leaf` markers, so naming, flattening and the
+reserved-column rules cannot drift apart between the two paths.
+
+A shape the SQL loader cannot reproduce exactly carries a ``reason``; :func:`share_of` then
+sends the whole source's share of the batch through the Python path, whose result is the
+reference (see ``docs/warehouse.md`` for the list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from destinations.warehouse.schema import _TOP_LEVEL, ColumnType, rows_of, type_of
+from gateway.destination import Event
+
+__all__ = ["KIND_TYPES", "SLUG", "Layout", "Leaf", "Share", "layout_of", "share_of"]
+
+# Kinds of values, as shapes spell them.
+STRING, STAMP, BOOL, INT, BIG_INT, FLOAT, ARRAY, NULL, OTHER = "stbinfa0?"
+SLUG = "#"  # a track's ``event``: its table's name, staged beside the JSON (path ``()``)
+KIND_TYPES: Mapping[str, ColumnType] = {
+    STRING: ColumnType.TEXT,
+    STAMP: ColumnType.TIMESTAMP,
+    BOOL: ColumnType.BOOLEAN,
+    INT: ColumnType.BIGINT,
+    BIG_INT: ColumnType.TEXT,
+    FLOAT: ColumnType.DOUBLE,
+    ARRAY: ColumnType.TEXT,
+    SLUG: ColumnType.TEXT,
+}
+"""The column type each kind of value needs (``type_of``'s answer for it)."""
+
+_INT64 = range(-(2**63), 2**63)
+_TOP_FIELDS = (*(key for key, _ in _TOP_LEVEL), "name", "category", "groupId", "previousId")
+_ROOTS = ("context", "properties", "traits")
+_MAX_LAYOUTS = 4096  # distinct shapes kept; beyond, the cache starts afresh
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """A skeleton's stand-in for one value: its JSON path from the message and its kind."""
+
+    path: tuple[str, ...]
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The rows one shape of event makes: per table, each column's :class:`Leaf`.
+
+    A track's ``event_text`` is the leaf ``event``; its ``event`` (the table's name) is the
+    :data:`SLUG` leaf, whose value the loader stages beside the event's JSON.
+    """
+
+    tables: Mapping[str, Mapping[str, Leaf]]
+    objects: frozenset[tuple[str, ...]]
+    """Paths holding an object in this shape: a column read from one of them would get JSON."""
+    slug: str | None = None
+    """A track's table (``event``)."""
+    users: bool = False
+    """An identify with a ``userId``: it also makes a ``users`` row (upserted in Python)."""
+    reason: str | None = None
+    """Why the SQL loader cannot reproduce this shape's rows exactly, if it cannot."""
+
+
+@dataclass(slots=True)
+class Share:
+    """One source's events of a batch, grouped by layout for the SQL loader."""
+
+    events: list[Event] = field(default_factory=list)
+    layouts: list[Layout] = field(default_factory=list)
+    """The distinct layouts, in order of first appearance; ``groups[i]`` is ``layouts[i]``'s."""
+    groups: list[int] = field(default_factory=list)
+    """Per event, the index of its layout."""
+    reason: str | None = None
+    """Why this share goes through the Python path, if it does."""
+
+
+_cache: dict[Any, Layout] = {}
+
+
+def share_of(events: Sequence[Event]) -> Share:
+    """One source's ``events`` with their layouts; ``reason`` set if the Python path must load them.
+
+    Decodes every event (``Event.message``) but works per event only to take its shape.
+    """
+    share = Share(events=list(events))
+    index: dict[int, int] = {}  # id(layout) -> its index in share.layouts
+    ids: set[Any] = set()
+    for event in share.events:
+        if b"\\u0000" in event.raw:
+            # PostgreSQL text cannot hold NUL: the Python path keeps such values in _unmapped.
+            share.reason = "a string holding NUL"
+            return share
+        message = event.message
+        ids.add(message.get("messageId"))
+        layout = layout_of(message)
+        if layout.reason is not None:
+            share.reason = layout.reason
+            return share
+        at = index.get(id(layout))
+        if at is None:
+            at = index[id(layout)] = len(share.layouts)
+            share.layouts.append(layout)
+        share.groups.append(at)
+    if len(ids) != len(share.events) or None in ids:
+        share.reason = "a messageId repeated in the batch or missing"
+    return share
+
+
+def layout_of(message: Mapping[str, Any]) -> Layout:
+    """The layout of ``message``'s shape, from the cache or worked out now."""
+    kind = message.get("type")
+    name = message.get("event") if kind == "track" else None
+    shape = (kind, name, *[(key, _shape(message[key])) for key in _FIELDS if key in message])
+    layout = _cache.get(shape)
+    if layout is None:
+        if len(_cache) >= _MAX_LAYOUTS:
+            _cache.clear()
+        layout = _cache[shape] = _work_out(message)
+    return layout
+
+
+_FIELDS = (*_TOP_FIELDS, *_ROOTS)
+
+
+def _shape(value: Any) -> Any:
+    """``value``'s kind, or for an object a tuple of its keys and their shapes."""
+    kind = type(value)
+    if kind is dict:
+        out: list[Any] = []
+        for key, item in value.items():
+            item_kind = type(item)
+            # Leaves inline: this loop runs for every value of every event.
+            if item_kind is str:
+                code = STAMP if len(item) >= 16 and item[4] == "-" and _stamp(item) else STRING
+            elif item_kind is dict:
+                code = _shape(item)
+            else:
+                code = _leaf_kind(item)
+            out.append(key)
+            out.append(code)
+        return tuple(out)
+    if kind is str:
+        return STAMP if len(value) >= 16 and value[4] == "-" and _stamp(value) else STRING
+    return _leaf_kind(value)
+
+
+def _leaf_kind(value: Any) -> str:
+    kind = type(value)
+    if kind is bool:
+        return BOOL
+    if kind is int:
+        return INT if value in _INT64 else BIG_INT
+    if kind is float:
+        return FLOAT
+    if value is None:
+        return NULL
+    if kind is list:
+        return ARRAY
+    return OTHER
+
+
+def _stamp(text: str) -> bool:
+    return type_of(text) is ColumnType.TIMESTAMP
+
+
+def _work_out(message: Mapping[str, Any]) -> Layout:
+    """Run ``rows_of`` on a skeleton of ``message``: which leaf lands in which column."""
+    kind = message.get("type")
+    skeleton: dict[str, Any] = {"type": kind}
+    objects: set[tuple[str, ...]] = set()
+    for key in _FIELDS:
+        if key in message:
+            skeleton[key] = _skeleton(message[key], (key,), objects)
+    name = message.get("event")
+    if kind == "track":
+        if not isinstance(name, str) or not name:
+            return Layout({}, frozenset(), reason="a track without an event name")
+        skeleton["event"] = name
+    try:
+        rows = rows_of(skeleton)
+    except TypeError:  # orjson met a Leaf: an object past the depth limit, stored as JSON text
+        return Layout({}, frozenset(), reason="an object past the depth limit")
+    tables: dict[str, dict[str, Leaf]] = {}
+    slug = None
+    users = False
+    for row in rows:
+        if row.table == "users":
+            users = True
+            continue
+        columns: dict[str, Leaf] = {}
+        for column, value in row.values.items():
+            if column == "event" and kind == "track":
+                slug = value
+                columns[column] = Leaf((), SLUG)
+            elif column == "event_text" and kind == "track":
+                columns[column] = Leaf(("event",), STRING)
+            elif not isinstance(value, Leaf):
+                return Layout({}, frozenset(), reason="a value rows_of makes itself")
+            elif value.kind in (ARRAY, OTHER):
+                return Layout({}, frozenset(), reason="an array")
+            else:
+                columns[column] = value
+        tables[row.table] = columns
+    return Layout(tables, frozenset(objects), slug=slug, users=users)
+
+
+def _skeleton(value: Any, path: tuple[str, ...], objects: set[tuple[str, ...]]) -> Any:
+    if isinstance(value, dict):
+        objects.add(path)
+        return {key: _skeleton(item, (*path, key), objects) for key, item in value.items()}
+    if value is None:
+        return None
+    kind = _shape(value)
+    return Leaf(path, kind)
