@@ -24,7 +24,7 @@ import structlog
 from gateway.circuit import CircuitBreaker
 from gateway.config import DestinationConfig
 from gateway.destination import Destination, Event, deliver
-from gateway.errors import DeliveryError, RetryableDeliveryError
+from gateway.errors import DeliveryError, RetryableDeliveryError, StorageUnavailableError
 from gateway.flow import FlowControl
 from gateway.log.base import DeadLetter, EventLog, PendingRetry, ReadResult
 from gateway.metrics import Metrics, observe_many
@@ -38,6 +38,8 @@ log = structlog.get_logger("eventgate.router")
 
 _IDLE_WAIT_S = 1.0
 _MIN_PAUSE_S = 0.05
+# How long a worker waits before trying again when the log is unreachable.
+_STORAGE_RETRY_S = 0.5
 _REPLAYED = "replayed"  # the reason `eventgate dlq replay` gives a re-enqueued dead letter
 _HELD = "waiting behind an earlier event of this user"
 
@@ -189,6 +191,29 @@ class DestinationWorker:
         self._age.set(self.shard, 0.0 if oldest is None else time.time() - oldest)
 
     async def _run(self) -> None:
+        """Deliver until stopped; while the log cannot be read or written, wait and try again.
+
+        A batch interrupted by the storage is read again from the saved cursor: delivered
+        again, perhaps, never skipped.
+        """
+        while True:
+            try:
+                await self._deliver_until_stopped()
+                return
+            except StorageUnavailableError as exc:
+                if self._stopping:
+                    return
+                log.warning(
+                    "router.storage_unavailable",
+                    destination=self.name,
+                    shard=self.shard,
+                    error=str(exc),
+                    retry_s=_STORAGE_RETRY_S,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), _STORAGE_RETRY_S)
+
+    async def _deliver_until_stopped(self) -> None:
         batch_config = self.config.batch
         prefetch: asyncio.Future[ReadResult] | None = None
         try:
@@ -233,7 +258,7 @@ class DestinationWorker:
                     continue
                 self.cursor = result.scanned_to
                 self._save_cursor()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, StorageUnavailableError):
             raise
         except Exception:
             log.exception("router.worker_crashed", destination=self.name)

