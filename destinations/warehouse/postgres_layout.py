@@ -16,17 +16,20 @@ reference (see ``docs/warehouse.md`` for the list).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from destinations.warehouse.schema import _TOP_LEVEL, ColumnType, rows_of, type_of
+import orjson
+
+from destinations.warehouse.schema import _MAX_DEPTH, _TOP_LEVEL, ColumnType, rows_of, type_of
 from gateway.destination import Event
 
 __all__ = ["KIND_TYPES", "SLUG", "Layout", "Leaf", "Share", "layout_of", "share_of"]
 
 # Kinds of values, as shapes spell them.
-STRING, STAMP, BOOL, INT, BIG_INT, FLOAT, ARRAY, NULL, OTHER = "stbinfa0?"
+STRING, STAMP, BOOL, INT, BIG_INT, FLOAT, ODD_FLOAT, ARRAY, DEEP, NULL, OTHER = "stbinfgad0?"
 SLUG = "#"  # a track's ``event``: its table's name, staged beside the JSON (path ``()``)
 KIND_TYPES: Mapping[str, ColumnType] = {
     STRING: ColumnType.TEXT,
@@ -35,7 +38,9 @@ KIND_TYPES: Mapping[str, ColumnType] = {
     INT: ColumnType.BIGINT,
     BIG_INT: ColumnType.TEXT,
     FLOAT: ColumnType.DOUBLE,
+    ODD_FLOAT: ColumnType.DOUBLE,
     ARRAY: ColumnType.TEXT,
+    DEEP: ColumnType.TEXT,
     SLUG: ColumnType.TEXT,
 }
 """The column type each kind of value needs (``type_of``'s answer for it)."""
@@ -43,6 +48,9 @@ KIND_TYPES: Mapping[str, ColumnType] = {
 _INT64 = range(-(2**63), 2**63)
 _TOP_FIELDS = (*(key for key, _ in _TOP_LEVEL), "name", "category", "groupId", "previousId")
 _ROOTS = ("context", "properties", "traits")
+# PostgreSQL text cannot hold NUL (the Python path keeps such values in _unmapped); the staging
+# COPY (CSV, \x1f between fields, \x1e as its quote) needs each event on one line.
+_UNSTAGEABLE = re.compile(rb"\\u0000|[\n\r\x1e\x1f]")
 _MAX_LAYOUTS = 4096  # distinct shapes kept; beyond, the cache starts afresh
 
 
@@ -65,8 +73,13 @@ class Layout:
     tables: Mapping[str, Mapping[str, Leaf]]
     objects: frozenset[tuple[str, ...]]
     """Paths holding an object in this shape: a column read from one of them would get JSON."""
+    leaves: frozenset[tuple[str, ...]] = frozenset()
+    """Paths holding a value (not null, not an object) in this shape."""
     slug: str | None = None
     """A track's table (``event``)."""
+    arrays: tuple[tuple[str, ...], ...] = ()
+    """Paths of the arrays (and objects past the depth limit) this shape stores as JSON text:
+    the text is orjson's, taken in Python (PostgreSQL writes JSON its own way)."""
     users: bool = False
     """An identify with a ``userId``: it also makes a ``users`` row (upserted in Python)."""
     reason: str | None = None
@@ -82,6 +95,10 @@ class Share:
     """The distinct layouts, in order of first appearance; ``groups[i]`` is ``layouts[i]``'s."""
     groups: list[int] = field(default_factory=list)
     """Per event, the index of its layout."""
+    arrays: dict[tuple[str, ...], int] = field(default_factory=dict)
+    """Paths of the arrays the share stores, each with its number (its staging column)."""
+    texts: list[tuple[str | None, ...]] = field(default_factory=list)
+    """Per event, the JSON text of each array (``None`` where the event has none there)."""
     reason: str | None = None
     """Why this share goes through the Python path, if it does."""
 
@@ -97,10 +114,10 @@ def share_of(events: Sequence[Event]) -> Share:
     share = Share(events=list(events))
     index: dict[int, int] = {}  # id(layout) -> its index in share.layouts
     ids: set[Any] = set()
+    arrays: list[tuple[int, Mapping[str, Any], Layout]] = []
     for event in share.events:
-        if b"\\u0000" in event.raw:
-            # PostgreSQL text cannot hold NUL: the Python path keeps such values in _unmapped.
-            share.reason = "a string holding NUL"
+        if _UNSTAGEABLE.search(event.raw):
+            share.reason = "a string holding NUL, or JSON text with line breaks"
             return share
         message = event.message
         ids.add(message.get("messageId"))
@@ -113,9 +130,30 @@ def share_of(events: Sequence[Event]) -> Share:
             at = index[id(layout)] = len(share.layouts)
             share.layouts.append(layout)
         share.groups.append(at)
+        if layout.arrays:
+            arrays.append((len(share.groups) - 1, message, layout))
     if len(ids) != len(share.events) or None in ids:
         share.reason = "a messageId repeated in the batch or missing"
+    elif arrays:
+        _array_texts(share, arrays)
     return share
+
+
+def _array_texts(share: Share, found: Sequence[tuple[int, Mapping[str, Any], Layout]]) -> None:
+    """Fill ``share.arrays`` and ``share.texts``: orjson's text of every array stored."""
+    for _, _, layout in found:
+        for path in layout.arrays:
+            share.arrays.setdefault(path, len(share.arrays))
+    empty: tuple[str | None, ...] = (None,) * len(share.arrays)
+    share.texts = [empty] * len(share.events)
+    for at, message, layout in found:
+        texts: list[str | None] = list(empty)
+        for path in layout.arrays:
+            value: Any = message
+            for key in path:
+                value = value[key]
+            texts[share.arrays[path]] = orjson.dumps(value).decode()
+        share.texts[at] = tuple(texts)
 
 
 def layout_of(message: Mapping[str, Any]) -> Layout:
@@ -163,7 +201,12 @@ def _leaf_kind(value: Any) -> str:
     if kind is int:
         return INT if value in _INT64 else BIG_INT
     if kind is float:
-        return FLOAT
+        # In this range str(), orjson and PostgreSQL's numeric write a float alike; outside it
+        # str() uses an exponent (1e+16) that numeric does not.
+        if 1e-4 <= abs(value) < 1e16:
+            return FLOAT
+        # jsonb keeps no sign of zero: -0.0 goes through the Python path.
+        return OTHER if value == 0 and str(value)[0] == "-" else ODD_FLOAT
     if value is None:
         return NULL
     if kind is list:
@@ -180,9 +223,10 @@ def _work_out(message: Mapping[str, Any]) -> Layout:
     kind = message.get("type")
     skeleton: dict[str, Any] = {"type": kind}
     objects: set[tuple[str, ...]] = set()
+    leaves: set[tuple[str, ...]] = set()
     for key in _FIELDS:
         if key in message:
-            skeleton[key] = _skeleton(message[key], (key,), objects)
+            skeleton[key] = _skeleton(message[key], (key,), objects, leaves)
     name = message.get("event")
     if kind == "track":
         if not isinstance(name, str) or not name:
@@ -195,6 +239,7 @@ def _work_out(message: Mapping[str, Any]) -> Layout:
     tables: dict[str, dict[str, Leaf]] = {}
     slug = None
     users = False
+    arrays: dict[tuple[str, ...], None] = {}
     for row in rows:
         if row.table == "users":
             users = True
@@ -208,19 +253,33 @@ def _work_out(message: Mapping[str, Any]) -> Layout:
                 columns[column] = Leaf(("event",), STRING)
             elif not isinstance(value, Leaf):
                 return Layout({}, frozenset(), reason="a value rows_of makes itself")
-            elif value.kind in (ARRAY, OTHER):
-                return Layout({}, frozenset(), reason="an array")
+            elif value.kind == OTHER:
+                return Layout({}, frozenset(), reason="-0.0, or a value that is not JSON")
             else:
                 columns[column] = value
+                if value.kind in (ARRAY, DEEP):
+                    arrays[value.path] = None
         tables[row.table] = columns
-    return Layout(tables, frozenset(objects), slug=slug, users=users)
+    return Layout(
+        tables,
+        frozenset(objects),
+        leaves=frozenset(leaves),
+        slug=slug,
+        users=users,
+        arrays=tuple(arrays),
+    )
 
 
-def _skeleton(value: Any, path: tuple[str, ...], objects: set[tuple[str, ...]]) -> Any:
+def _skeleton(
+    value: Any, path: tuple[str, ...], objects: set[tuple[str, ...]], leaves: set[tuple[str, ...]]
+) -> Any:
     if isinstance(value, dict):
+        if value and len(path) >= _MAX_DEPTH and path[0] in _ROOTS:
+            leaves.add(path)
+            return Leaf(path, DEEP)  # rows_of stores it as JSON text
         objects.add(path)
-        return {key: _skeleton(item, (*path, key), objects) for key, item in value.items()}
+        return {key: _skeleton(item, (*path, key), objects, leaves) for key, item in value.items()}
     if value is None:
         return None
-    kind = _shape(value)
-    return Leaf(path, kind)
+    leaves.add(path)
+    return Leaf(path, _shape(value))

@@ -31,6 +31,7 @@ counts them by reason.
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,11 +47,10 @@ from destinations.warehouse.postgres_backend import (
 )
 from destinations.warehouse.postgres_layout import (
     BOOL,
-    FLOAT,
     KIND_TYPES,
+    ODD_FLOAT,
     SLUG,
     STAMP,
-    Leaf,
     Share,
     share_of,
 )
@@ -74,10 +74,14 @@ class _Fallback(Exception):
 
 @dataclass(slots=True)
 class _Column:
-    """One column of one table: the path that fills it and the kinds of value it gets."""
+    """One column of one table: the paths that fill it and the kinds of value it gets."""
 
-    path: tuple[str, ...]
+    paths: list[tuple[str, ...]]
+    """Usually one. Several (a page's ``name`` and ``properties.name``, keys that snake_case
+    alike in different events): in the order of precedence, the first non-null one wins."""
     kinds: set[str] = field(default_factory=set)
+    winners: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """The path ``rows_of`` took, by layout."""
 
 
 @dataclass(slots=True)
@@ -140,18 +144,22 @@ class PostgresSqlWarehouse(PostgresWarehouse):
         for table, plan in sorted(plans.items()):
             assert plan.ddl is not None
             changes.extend(await self._apply_ddl(conn, schema, plan.ddl, existing[table] or {}))
+        texts = "".join(f", a{number} text" for number in range(len(share.arrays)))
         await conn.execute(
-            f"CREATE TEMP TABLE {_STAGE} (g integer, slug text, raw jsonb) ON COMMIT DROP"
+            f"CREATE TEMP TABLE {_STAGE} (g integer, slug text, raw jsonb{texts}) ON COMMIT DROP"
         )
-        records = [
-            (group, share.layouts[group].slug, event.raw.decode())
-            for event, group in zip(share.events, share.groups, strict=True)
-        ]
-        await conn.copy_records_to_table(_STAGE, schema_name="pg_temp", records=records)
+        await conn.copy_to_table(
+            _STAGE,
+            schema_name="pg_temp",
+            source=io.BytesIO(_staged(share)),
+            format="csv",
+            delimiter="\x1f",
+            quote="\x1e",
+        )
         stamp = _literal(format_timestamp(loaded_at))
         rows = 0
         for _, plan in sorted(plans.items()):
-            await conn.execute(_insert_sql(schema, plan, len(share.layouts), stamp))
+            await conn.execute(_insert_sql(schema, plan, share, stamp))
             rows += sum(1 for group in share.groups if group in plan.groups)
         await conn.execute(f"DROP TABLE pg_temp.{_STAGE}")
         result = LoadResult(rows=rows, unmapped_values=0, schema_changes=changes)
@@ -223,22 +231,44 @@ def _layout(share: Share) -> dict[str, _TablePlan]:
                 plan = plans[table] = _TablePlan(table, [], {})
             plan.groups.append(group)
             for name, leaf in leaves.items():
-                _add(plan, name, leaf)
+                column = plan.columns.get(name)
+                if column is None:
+                    column = plan.columns[name] = _Column([leaf.path])
+                elif leaf.path not in column.paths:
+                    column.paths.append(leaf.path)
+                column.kinds.add(leaf.kind)
+                column.winners[group] = leaf.path
     for plan in plans.values():
-        paths = {column.path for column in plan.columns.values()}
+        for column in plan.columns.values():
+            if len(column.paths) > 1:
+                column.paths = _precedence(column, share)
+        paths = {path for column in plan.columns.values() for path in column.paths}
         for group in plan.groups:
             if not paths.isdisjoint(share.layouts[group].objects):
                 raise _Fallback("a key holding an object in some events and a value in others")
     return plans
 
 
-def _add(plan: _TablePlan, name: str, leaf: Leaf) -> None:
-    column = plan.columns.get(name)
-    if column is None:
-        column = plan.columns[name] = _Column(leaf.path)
-    elif column.path != leaf.path:
-        raise _Fallback("keys that snake_case alike")
-    column.kinds.add(leaf.kind)
+def _precedence(column: _Column, share: Share) -> list[tuple[str, ...]]:
+    """``column.paths`` ordered so that the first present one is ``rows_of``'s in every layout.
+
+    Raises :class:`_Fallback` when no order does (``rows_of`` took ``a`` over ``b`` in one
+    event and ``b`` over ``a`` in another: keys that snake_case alike, in varying key order).
+    """
+    beats: dict[tuple[str, ...], set[tuple[str, ...]]] = {path: set() for path in column.paths}
+    for group, winner in column.winners.items():
+        leaves = share.layouts[group].leaves
+        beats[winner].update(p for p in column.paths if p != winner and p in leaves)
+    order: list[tuple[str, ...]] = []
+    left = set(column.paths)
+    while left:
+        # A path no remaining path beats goes next.
+        free = [p for p in column.paths if p in left and not any(p in beats[q] for q in left)]
+        if not free:
+            raise _Fallback("keys that snake_case alike")
+        order.append(free[0])
+        left.discard(free[0])
+    return order
 
 
 def _plan_types(
@@ -274,9 +304,9 @@ def _plan_types(
         add["uuid_ts"] = ColumnType.TIMESTAMP
     plan.types = {**have, **add, **widened}
     for name, column in plan.columns.items():
-        if plan.types[name] is ColumnType.TEXT and FLOAT in column.kinds:
-            # Python writes str(float); PostgreSQL would write the JSON number's own text.
-            raise _Fallback("a float going into a text column")
+        if plan.types[name] is ColumnType.TEXT and ODD_FLOAT in column.kinds:
+            # Python writes str(float) (1e+16); PostgreSQL the JSON number's own digits.
+            raise _Fallback("a float in exponent form going into a text column")
     plan.ddl = TablePlan(
         table=plan.table,
         create=existing is None,
@@ -290,12 +320,34 @@ def _plan_types(
     )
 
 
-def _insert_sql(schema: str, plan: _TablePlan, layouts: int, stamp: str) -> str:
+def _staged(share: Share) -> bytes:
+    """The share's staging rows as CSV: layout, table name, JSON, array texts (``_STAGE``)."""
+    # No quoting needed: share_of made sure no field holds \x1e, \x1f or a line break, and
+    # an empty field is NULL.
+    slugs = [f"{group}\x1f{layout.slug or ''}\x1f".encode() for group, layout in
+             enumerate(share.layouts)]  # fmt: skip
+    if not share.arrays:
+        return b"".join(
+            [
+                b"%b%b\n" % (slugs[group], event.raw)
+                for event, group in zip(share.events, share.groups, strict=True)
+            ]
+        )
+    lines = []
+    for event, group, texts in zip(share.events, share.groups, share.texts, strict=True):
+        arrays = "".join(f"\x1f{text or ''}" for text in texts).encode()
+        lines.append(b"%b%b%b\n" % (slugs[group], event.raw, arrays))
+    return b"".join(lines)
+
+
+def _insert_sql(schema: str, plan: _TablePlan, share: Share, stamp: str) -> str:
     names = [*plan.columns, "uuid_ts"]
-    values = [_value(column, plan.types[name]) for name, column in plan.columns.items()]
+    values = [
+        _first(column, plan.types[name], share.arrays) for name, column in plan.columns.items()
+    ]
     values.append(f"{stamp}::timestamptz")
     where = ""
-    if len(plan.groups) < layouts:
+    if len(plan.groups) < len(share.layouts):
         where = f" WHERE g IN ({', '.join(map(str, plan.groups))})"
     return (
         f"INSERT INTO {quote(schema)}.{quote(plan.table)} ({', '.join(map(quote, names))}) "
@@ -303,23 +355,29 @@ def _insert_sql(schema: str, plan: _TablePlan, layouts: int, stamp: str) -> str:
     )
 
 
-def _value(column: _Column, kind: ColumnType) -> str:
-    """The expression reading ``column``'s value from ``raw`` as ``kind``."""
-    if not column.path:
+def _first(column: _Column, kind: ColumnType, arrays: Mapping[tuple[str, ...], int]) -> str:
+    """The expression of ``column``'s value: its paths' values as ``kind``, the first non-null."""
+    values = [_value(path, column.kinds, kind, arrays.get(path)) for path in column.paths]
+    return values[0] if len(values) == 1 else f"COALESCE({', '.join(values)})"
+
+
+def _value(path: tuple[str, ...], kinds: set[str], kind: ColumnType, array: int | None) -> str:
+    """The expression reading ``path`` as ``kind``; ``array``: the staged JSON texts of it."""
+    if not path:
         return "slug"
-    path = "ARRAY[" + ", ".join(map(_literal, column.path)) + "]"
+    at = "ARRAY[" + ", ".join(map(_literal, path)) + "]"
     if kind is ColumnType.TEXT:
-        return f"raw #>> {path}"
-    if kind is ColumnType.TIMESTAMP:
-        return f"(raw #>> {path})::timestamptz"
+        # An array's text is orjson's, staged; PostgreSQL would write its own.
+        return f"raw #>> {at}" if array is None else f"COALESCE(a{array}, raw #>> {at})"
+    # From the JSON text: text -> float8 keeps what numeric would lose (-0.0, 1e400 refused).
     sql_type = _TYPE_NAMES[kind]
-    if kind is not ColumnType.BOOLEAN and BOOL in column.kinds:
+    if kind is not ColumnType.BOOLEAN and BOOL in kinds:
         # There is no boolean -> bigint cast; Python's coerce makes true 1 (1.0).
         return (
-            f"CASE jsonb_typeof(raw #> {path}) WHEN 'boolean' THEN "
-            f"(raw #> {path})::boolean::int::{sql_type} ELSE (raw #> {path})::{sql_type} END"
+            f"CASE raw #>> {at} WHEN 'true' THEN 1::{sql_type} WHEN 'false' THEN 0::{sql_type} "
+            f"ELSE (raw #>> {at})::{sql_type} END"
         )
-    return f"(raw #> {path})::{sql_type}"
+    return f"(raw #>> {at})::{sql_type}"
 
 
 def _literal(text: str) -> str:

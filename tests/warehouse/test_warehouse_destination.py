@@ -23,15 +23,16 @@ BACKENDS = [
     pytest.param("duckdb", id="duckdb"),
     pytest.param("duckdb-python", id="duckdb-python-loader"),
     pytest.param("postgres", id="postgres"),
+    pytest.param("postgres-python", id="postgres-python-loader"),
 ]
 
 
 def settings_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> WarehouseSettings:
     """Settings of a warehouse on ``backend``: a DuckDB file in tmp_path or a fresh database."""
-    if backend == "postgres":
+    loader = "python" if backend.endswith("-python") else "sql"
+    if backend.startswith("postgres"):
         dsn = request.getfixturevalue("postgres_dsn")
-        return WarehouseSettings(backend="postgres", dsn=dsn)
-    loader = "python" if backend == "duckdb-python" else "sql"
+        return WarehouseSettings(backend="postgres", dsn=dsn, loader=loader)
     return WarehouseSettings(path=tmp_path / "warehouse.duckdb", loader=loader)
 
 
