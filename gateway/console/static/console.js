@@ -117,12 +117,12 @@
 
   // A bar chart as inline SVG: one or two stacked series, optionally a line on its own scale.
   function barChart(start, bucketS, a, b, line, label) {
-    const width = 600, height = 140, pad = 18;
+    const width = 1200, height = 170, pad = 22;
     const n = a.length;
     const totals = a.map((v, i) => v + (b ? b[i] || 0 : 0));
     const top = Math.max(1, ...totals);
     const bw = (width - pad) / n;
-    const chart = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img", "aria-label": label });
+    const chart = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label });
     chart.append(svg("line", { class: "axis", x1: pad, y1: height - pad, x2: width, y2: height - pad }));
     chart.append(svg("text", { x: 0, y: 10 }, document.createTextNode(fmt(top))));
     for (let i = 0; i < n; i++) {
@@ -143,9 +143,9 @@
       const points = line.map((v, i) => (v === null ? null : `${pad + (i + 0.5) * bw},${height - pad - (Math.min(isFinite(v) ? v : lineTop, lineTop) / lineTop) * (height - pad - 12)}`)).filter(Boolean);
       if (points.length) chart.append(svg("polyline", { class: "line", points: points.join(" ") }));
     }
-    const first = new Date(start * 1000), lastAt = new Date((start + n * bucketS) * 1000);
-    chart.append(svg("text", { x: pad, y: height - 4 }, document.createTextNode(first.toLocaleString())));
-    chart.append(svg("text", { x: width - 4, y: height - 4, "text-anchor": "end" }, document.createTextNode(lastAt.toLocaleString())));
+    const short = (t) => new Date(t * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    chart.append(svg("text", { x: pad, y: height - 6 }, document.createTextNode(short(start))));
+    chart.append(svg("text", { x: width - 4, y: height - 6, "text-anchor": "end" }, document.createTextNode(short(start + n * bucketS))));
     return chart;
   }
 
@@ -455,7 +455,7 @@
     }
 
     function rowFor(letter) {
-      const state = el("td", {});
+      const state = el("span", {});
       const details = el("tr", { hidden: true }, el("td", { colspan: 7 }));
       const show = el("button", { type: "button", class: "quiet", onclick: async () => {
         details.hidden = !details.hidden;
