@@ -237,7 +237,7 @@
           barChart(v.start, v.bucketS, v.received, v.rejected, null, "event volume"), legend(["a", "accepted"], ["b", "refused"])),
         el("div", { class: "panel" }, el("h2", {}, "Pipeline health (last hour)"),
           table(["Destination", "State", "Delivered#", "Not delivered#", "p95 latency#", "Queue#", "Dead letters#"], health, "No destinations configured.")),
-        el("div", { class: "row" },
+        el("div", { class: "row panels" },
           el("div", { class: "panel grow" }, el("h2", {}, `Top events (${span === "24h" ? "24 hours" : "7 days"})`), table(["Type", "Event", "Source", "Count#"], top, "No events yet.")),
           el("div", { class: "panel grow" }, el("h2", {}, "Recent ingestion errors"), table(["When", "Source", "Code", "Status#", "Message"], errors, "No refused events or requests."))));
     };
