@@ -19,8 +19,9 @@ import pluggy
 from gateway import dlq
 from gateway.config import GatewayConfig, ServerConfig, load_config
 from gateway.control import ControlStore
+from gateway.dead_letters import DeadLetterStore
 from gateway.dlq import DeadLetterFilter
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StorageUnavailableError
 from gateway.logging import configure_logging
 from gateway.plugins import destination_types, make_plugin_manager
 
@@ -207,16 +208,16 @@ def _when(text: str) -> float:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
-def _dlq_target(args: argparse.Namespace) -> tuple[Path, DeadLetterFilter] | None:
+def _dlq_target(args: argparse.Namespace) -> tuple[DeadLetterStore, DeadLetterFilter] | None:
     if args.data_dir is not None:
-        data_dir = Path(args.data_dir)
+        store = DeadLetterStore(Path(args.data_dir))
     else:
         config = _load(args.config, make_plugin_manager())
         if config is None:
             return None
-        data_dir = config.storage.data_dir
+        store = DeadLetterStore.of(config)
     match = DeadLetterFilter(args.destination, args.since, args.until, args.reason)
-    return data_dir, match
+    return store, match
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -224,9 +225,26 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     target = _dlq_target(args)
     if target is None:
         return 2
-    data_dir, match = target
+    store, match = target
+    try:
+        return asyncio.run(_dlq(args, store, match))
+    except StorageUnavailableError as exc:
+        print(f"eventgate: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _dlq(args: argparse.Namespace, store: DeadLetterStore, match: DeadLetterFilter) -> int:
+    try:
+        return await _dlq_action(args, store, match)
+    finally:
+        await store.close()
+
+
+async def _dlq_action(
+    args: argparse.Namespace, store: DeadLetterStore, match: DeadLetterFilter
+) -> int:
     if args.action == "list":
-        rows = dlq.list_letters(data_dir, match, args.limit)
+        rows = await store.list_letters(match, args.limit)
         if args.json:
             for row in rows:
                 print(orjson.dumps(dlq.letter_json(row, with_body=False)).decode())
@@ -241,9 +259,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         if args.key is None:
-            print("dlq show needs the key printed by `dlq list` (shard:id)", file=sys.stderr)
+            print("dlq show needs the key printed by `dlq list`", file=sys.stderr)
             return 2
-        letter = dlq.show(data_dir, args.key)
+        letter = await store.show(args.key)
         if letter is None:
             print(f"no dead letter {args.key}", file=sys.stderr)
             return 1
@@ -254,9 +272,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         print(f"dlq {args.action} needs a filter, or --all", file=sys.stderr)
         return 2
     if args.action == "replay":
-        print(f"{dlq.replay(data_dir, match)} dead letter(s) re-enqueued")
+        print(f"{await store.replay(match)} dead letter(s) re-enqueued")
     else:
-        print(f"{dlq.purge(data_dir, match)} dead letter(s) purged")
+        print(f"{await store.purge(match)} dead letter(s) purged")
     return 0
 
 
@@ -347,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dead = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
     dead.add_argument("action", choices=["list", "show", "replay", "purge"])
-    dead.add_argument("key", nargs="?", help="for show: the key printed by list (shard:id)")
-    dead.add_argument("--config", default=_default_config(), help="where to find the data dir")
+    dead.add_argument("key", nargs="?", help="for show: the key printed by list")
+    dead.add_argument("--config", default=_default_config(), help="where the storage is")
     dead.add_argument("--data-dir", help="the data directory (instead of --config)")
     dead.add_argument("--destination", help="only this destination")
     dead.add_argument("--since", type=_when, help="last attempt at or after (ISO-8601 or Unix s)")

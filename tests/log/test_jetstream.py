@@ -8,54 +8,18 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway.config import JetStreamConfig
 from gateway.errors import StorageFullError, StorageUnavailableError
 from gateway.log import EventLog, jetstream, jetstream_dlq
 from gateway.log.jetstream import JetStreamEventLog, JetStreamStorage
 from tests.log.conformance import EventLogContract, OpenLog, events, retry
+from tests.log.conftest import OpenJetStreamLog, js_config
 from tests.nats import NatsServer, free_port
 
 _prefixes = itertools.count()
-
-
-@pytest.fixture(name="nats_server", scope="session")
-def _nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path_factory.mktemp("nats"))
-    yield server
-    server.stop()
-
-
-OpenJetStreamLog = Callable[..., Awaitable[JetStreamEventLog]]
-
-
-def js_config(url: str, **options: Any) -> JetStreamConfig:
-    """A JetStream config for the server at ``url`` (test-sized partitions and timeouts)."""
-    options.setdefault("partitions", 4)
-    return JetStreamConfig(servers=[url], **options)
-
-
-@pytest.fixture(name="open_js_log")
-async def _open_js_log(nats_server: NatsServer) -> AsyncIterator[OpenJetStreamLog]:
-    prefix = f"T{next(_prefixes)}_{time.time_ns()}"
-    logs: list[JetStreamEventLog] = []
-
-    async def open_log(partition: int = 0, **options: Any) -> JetStreamEventLog:
-        options.setdefault("stream_prefix", prefix)
-        storage = JetStreamStorage(js_config(nats_server.url, **options), dedup_window_s=3600)
-        event_log = storage.partition(partition)
-        await event_log.open()
-        logs.append(event_log)
-        return event_log
-
-    yield open_log
-    for event_log in logs:
-        await event_log.close()
 
 
 class TestJetStreamEventLogContract(EventLogContract):

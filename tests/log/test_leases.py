@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -16,13 +16,6 @@ from tests.test_router import eventually
 
 _prefixes = itertools.count()
 PARTITIONS = 4
-
-
-@pytest.fixture(name="nats_server", scope="module")
-def _nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path_factory.mktemp("nats-leases"))
-    yield server
-    server.stop()
 
 
 class Node:

@@ -1,0 +1,87 @@
+"""Dead letters on JetStream: list, show, replay and purge, directly and through the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.cli import main
+from gateway.dlq import DeadLetterFilter
+from gateway.log import jetstream_dlq
+from gateway.log.base import DeadLetter
+from gateway.log.jetstream import JetStreamEventLog
+from tests.log.conformance import events
+from tests.log.conftest import OpenJetStreamLog
+from tests.nats import NatsServer
+
+
+async def bury(event_log: JetStreamEventLog, destination: str, count: int, start: int) -> None:
+    """Append ``count`` events and dead-letter them for ``destination``."""
+    await event_log.append(events(count, start=start))
+    stored = (await event_log.read(0, 100, None)).events[-count:]
+    now = time.time()
+    await event_log.dead_letter(
+        [
+            DeadLetter(destination, e, "HTTP 400", 3, now - 5, now, "POST /", "400 no")
+            for e in stored
+        ]
+    )
+
+
+async def test_list_show_replay_purge(open_js_log: OpenJetStreamLog) -> None:
+    """Listing filters by destination, show returns the body, replay makes a due retry in the
+    event's own partition, and purge deletes for good."""
+    event_log = await open_js_log(partition=2)
+    storage = event_log.storage
+    await bury(event_log, "hook", 3, start=0)
+    await bury(event_log, "files", 1, start=10)
+    hooks = await jetstream_dlq.list_letters(storage, DeadLetterFilter(destination="hook"))
+    assert sorted(r.message_id for r in hooks) == ["m0", "m1", "m2"]
+    shown = await jetstream_dlq.show(storage, hooks[0].key)
+    assert shown is not None
+    assert shown.response == "400 no"
+    assert b'"messageId"' in shown.body
+    assert await jetstream_dlq.show(storage, "999999") is None
+
+    assert await jetstream_dlq.replay(storage, DeadLetterFilter(destination="hook")) == 3
+    due = await event_log.due_retries("hook", time.time() + 1, 10)
+    assert sorted(r.event.message_id for r in due) == ["m0", "m1", "m2"]
+    assert {(r.attempts, r.reason) for r in due} == {(0, "replayed")}
+    assert await jetstream_dlq.count_letters(storage, "hook") == 0
+
+    assert await jetstream_dlq.purge(storage, DeadLetterFilter(reason="400")) == 1
+    assert await jetstream_dlq.count_letters(storage) == 0
+
+
+async def test_the_cli_reads_jetstream_dead_letters(
+    open_js_log: OpenJetStreamLog,
+    nats_server: NatsServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`eventgate dlq list` with a jetstream config lists the stream's dead letters."""
+    event_log = await open_js_log()
+    await bury(event_log, "hook", 2, start=0)
+    config = {
+        "storage": {
+            "backend": "jetstream",
+            "data_dir": str(tmp_path / "data"),
+            "jetstream": {
+                "servers": [nats_server.url],
+                "stream_prefix": event_log.storage.config.stream_prefix,
+                "partitions": event_log.storage.config.partitions,
+            },
+        },
+        "sources": [{"name": "web", "write_keys": ["k"]}],
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert await asyncio.to_thread(main, ["dlq", "list", "--config", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "m0" in out.out
+    assert "m1" in out.out
+    assert "2 dead letter(s)" in out.err
