@@ -84,7 +84,7 @@ class ConsoleApi:
             await task
         self.state.observer = None
         self.recorder.digest()
-        await asyncio.to_thread(self.recorder.flush)
+        await asyncio.to_thread(self.recorder.write, self.recorder.take())
         await self.feed.close()
 
     async def on_shutdown(self, app: web.Application) -> None:
@@ -99,7 +99,7 @@ class ConsoleApi:
             if time.monotonic() - flushed_at >= _FLUSH_EVERY_S:
                 flushed_at = time.monotonic()
                 try:
-                    await asyncio.to_thread(self.recorder.flush)
+                    await asyncio.to_thread(self.recorder.write, self.recorder.take())
                 except (OSError, sqlite3.Error):  # busy or broken: the tallies are lost, not ingest
                     log.exception("console.stats_flush_failed")
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 import time
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +123,22 @@ def _name_of(message: dict[str, Any]) -> tuple[str, str]:
     return kind, str(name) if name else ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Tallies:
+    volume: Counter[tuple[str, int]]
+    refused: Counter[tuple[str, int]]
+    types: Counter[tuple[str, int, str, str]]
+    users: dict[tuple[str, int], set[str]]
+    errors: Counter[tuple[str, int, str]]
+    samples: list[tuple[float, str, int, str, str]]
+
+
 class IngestRecorder:
     """Counts one ingress process's stored and refused events; see the module docstring.
 
     :meth:`stored` and :meth:`rejected` run on the request path and only append;
-    :meth:`digest` (on the event loop, a few times a second) turns them into tallies and
-    :meth:`flush` (in a thread) adds the tallies to ``console.db``.
+    :meth:`digest` (on the event loop, a few times a second) turns them into tallies,
+    :meth:`take` hands them over and :meth:`write` (in a thread) adds them to ``console.db``.
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -141,6 +153,7 @@ class IngestRecorder:
         self._samples: list[tuple[float, str, int, str, str]] = []
         self._budget_at = 0.0
         self._budget = DECODE_PER_S
+        self._write_lock = threading.Lock()
 
     # -- the request path --------------------------------------------------------------------
 
@@ -198,18 +211,31 @@ class IngestRecorder:
                     message = str(item.get("message", ""))[:_MESSAGE_CHARS]
                     self._samples.append((at, who, status, code, message))
 
+    def take(self) -> _Tallies:
+        """The tallies since the last call, and start new ones (on the event loop's thread,
+        like :meth:`digest`, so no count is added to a tally being written)."""
+        tallies = _Tallies(
+            self._volume, self._refused, self._types, self._users, self._errors, self._samples
+        )
+        self._volume, self._refused, self._types = Counter(), Counter(), Counter()
+        self._users, self._errors, self._samples = {}, Counter(), []
+        return tallies
+
     def flush(self, now: float | None = None) -> None:
-        """Add the tallies to ``console.db`` in one transaction (blocking: call it in a thread)."""
+        """:meth:`take` and :meth:`write` at once (blocking; for the last flush and tests)."""
+        self.write(self.take(), now)
+
+    def write(self, tallies: _Tallies, now: float | None = None) -> None:
+        """Add ``tallies`` to ``console.db`` in one transaction (blocking: call it in a thread).
+
+        Writes of one recorder happen one at a time, in the order they were taken.
+        """
         now = time.time() if now is None else now
-        volume, self._volume = self._volume, Counter()
-        refused, self._refused = self._refused, Counter()
-        types, self._types = self._types, Counter()
-        users, self._users = self._users, {}
-        errors, self._errors = self._errors, Counter()
-        samples, self._samples = self._samples, []
+        volume, refused, types = tallies.volume, tallies.refused, tallies.types
+        users, errors, samples = tallies.users, tallies.errors, tallies.samples
         if not (volume or refused or types or users or errors or samples):
             return
-        with closing(_connect(self.path)) as conn:
+        with self._write_lock, closing(_connect(self.path)) as conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
                 "INSERT INTO ingest_volume VALUES (?, ?, ?, 0) ON CONFLICT (source, minute) "

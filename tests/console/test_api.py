@@ -117,7 +117,7 @@ async def test_overview_counts_ingest(console: TestClient[Any, Any]) -> None:
         assert response.status == 400
     recorder = console.app[CONSOLE_KEY].recorder
     recorder.digest()
-    await asyncio.to_thread(recorder.flush)
+    recorder.flush()  # on the loop, as take() must be; waits for a background write
     everything = await _json(console, "/api/overview")
     assert everything["totals"]["24h"] == {"received": 3, "rejected": 2}
     overview = await _json(console, "/api/overview?source=web")
