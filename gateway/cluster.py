@@ -21,7 +21,7 @@ log = structlog.get_logger("eventgate.cluster")
 
 def jetstream_storage(config: GatewayConfig) -> JetStreamStorage:
     """The JetStream storage ``config`` describes (not yet connected)."""
-    return JetStreamStorage(config.storage.jetstream, dedup_window_s=config.storage.dedup_window_s)
+    return JetStreamStorage(config.storage.jetstream)
 
 
 class LeasedDelivery:

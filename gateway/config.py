@@ -95,6 +95,10 @@ class JetStreamConfig(_Model):
     """Names the streams and buckets, so several gateways can share one cluster."""
     timeout_s: float = Field(5.0, gt=0)
     """How long a publish or request waits for JetStream before ingress answers 503."""
+    duplicate_window_s: float = Field(600.0, ge=0)
+    """JetStream's ``Nats-Msg-Id`` duplicate window: a messageId accepted this recently is
+    acknowledged but not stored again. The server holds every id of the window in memory
+    (about 100 bytes each), so size it as events/s x window; 0 uses the server's 2 minutes."""
     lease_ttl_s: float = Field(10.0, ge=1)
     """A partition held by a node that stops renewing it is taken over after this long."""
 

@@ -86,9 +86,8 @@ class JetStreamStorage:
     log of a process shares one connection).
     """
 
-    def __init__(self, config: JetStreamConfig, *, dedup_window_s: float = 86_400) -> None:
+    def __init__(self, config: JetStreamConfig) -> None:
         self.config = config
-        self.dedup_window_s = dedup_window_s
         prefix = config.stream_prefix
         self.events_stream = f"{prefix}_EVENTS"
         self.dead_stream = f"{prefix}_DEAD"
@@ -179,7 +178,7 @@ class JetStreamStorage:
             await self._ensure_stream(
                 name=self.events_stream,
                 subjects=[f"{self.subjects}.events.*"],
-                duplicate_window=self.dedup_window_s,
+                duplicate_window=config.duplicate_window_s or 120,
                 max_bytes=-1 if config.max_bytes_mb is None else int(config.max_bytes_mb * 2**20),
                 discard=DiscardPolicy.NEW,
                 allow_direct=True,

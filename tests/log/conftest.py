@@ -43,7 +43,8 @@ async def _open_js_log(nats_server: NatsServer) -> AsyncIterator[OpenJetStreamLo
 
     async def open_log(partition: int = 0, **options: Any) -> JetStreamEventLog:
         options.setdefault("stream_prefix", prefix)
-        storage = JetStreamStorage(js_config(nats_server.url, **options), dedup_window_s=3600)
+        options.setdefault("duplicate_window_s", 3600)
+        storage = JetStreamStorage(js_config(nats_server.url, **options))
         event_log = storage.partition(partition)
         await event_log.open()
         logs.append(event_log)
