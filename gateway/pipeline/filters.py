@@ -246,8 +246,10 @@ def _sampler(config: SampleConfig, random: Callable[[], float]) -> _Action:
         value = _get(message, path) if path is not None else None
         if value is None and path is not None:
             value = message.get("messageId")
-        draw = random() if value is None else _fraction(value)
-        return message if draw < threshold else None
+        if value is None:
+            return message if random() < threshold else None
+        # A fraction is below 1, so a 100 % sample keeps every event without hashing it.
+        return message if threshold >= 1 or _fraction(value) < threshold else None
 
     return sample
 
@@ -272,28 +274,25 @@ def _get(message: Message, path: tuple[str, ...]) -> Any:
 
 def _editor(fields: Mapping[str, list[str]], *, allow: bool) -> _Action:
     plan = [
-        (split_path(path) if path else (), _keeper(frozenset(keys), allow=allow, top=not path))
+        (split_path(path) if path else (), _keys(frozenset(keys), allow=allow, top=not path))
         for path, keys in fields.items()
     ]
 
     def edit(message: Message) -> Message:
-        for path, keep in plan:
-            message = _retain(message, path, keep)
+        for path, keys in plan:
+            message = _retain(message, path, keys, allow)
         return message
 
     return edit
 
 
-def _keeper(keys: frozenset[str], *, allow: bool, top: bool) -> Callable[[str], bool]:
-    if not allow:
-        return lambda key: key not in keys
-    if top:
-        keys |= PROTECTED_FIELDS
-    return keys.__contains__
+def _keys(keys: frozenset[str], *, allow: bool, top: bool) -> frozenset[str]:
+    """The keys to remove, or (``allow``) to keep: at the top, always the protected fields."""
+    return keys | PROTECTED_FIELDS if allow and top else keys
 
 
-def _retain(obj: Message, path: tuple[str, ...], keep: Callable[[str], bool]) -> Message:
-    """Return ``obj`` with the object at ``path`` cut to the keys ``keep`` accepts.
+def _retain(obj: Message, path: tuple[str, ...], keys: frozenset[str], allow: bool) -> Message:
+    """Return ``obj`` with the object at ``path`` cut to ``keys`` (``allow``) or without them.
 
     Copies ``obj`` and the objects on the way only when something is removed; a path that is
     missing or leads to a non-object changes nothing.
@@ -302,8 +301,12 @@ def _retain(obj: Message, path: tuple[str, ...], keep: Callable[[str], bool]) ->
         child = obj.get(path[0])
         if not isinstance(child, dict):
             return obj
-        edited = _retain(child, path[1:], keep)
+        edited = _retain(child, path[1:], keys, allow)
         return obj if edited is child else {**obj, path[0]: edited}
-    if all(keep(key) for key in obj):
+    removed = [k for k in obj if k not in keys] if allow else [k for k in keys if k in obj]
+    if not removed:
         return obj
-    return {key: value for key, value in obj.items() if keep(key)}
+    edited = dict(obj)  # a C-level copy and a few deletions beat rebuilding, and keep the order
+    for key in removed:
+        del edited[key]
+    return edited

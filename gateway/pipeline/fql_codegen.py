@@ -192,7 +192,7 @@ class _Writer:
         if not all(type(c) is str for c in node.choices):
             return f"_in_choices({left}, {choices})"
         t, strings = self.temp(), self.constant(frozenset(node.choices))
-        slow = f"_in_choices({t}, {choices})"
+        slow = f"({t} is not None and _in_choices({t}, {choices}))"  # null is not a string
         return f"({t} in {strings} if ({t} := {left}).__class__ is str else {slow})"
 
     def call(self, node: Call) -> str:

@@ -23,7 +23,10 @@ missing objects on the way are created. They cannot reach top-level fields, so i
 renamed. ``hash_properties`` takes paths from the top of the message (``context.traits.email``).
 
 Transformations fail closed: an FQL or Python error drops the event as ``transform_error``. The
-input is never mutated; the first transformation that applies works on a deep copy.
+input is never mutated. A transformation with a ``python`` transform or computed values works on a
+deep copy (their code may reach anything), and every later one changes that copy in place; before
+that, a transformation copies only the objects it changes (the message's top level, the
+``properties`` or ``traits``, the objects on the way to a hashed value).
 """
 
 from __future__ import annotations
@@ -153,38 +156,60 @@ class _Transformation:
     drop_paths: tuple[Path, ...]
     allow_paths: tuple[Path, ...] | None
     hash_paths: tuple[Path, ...]
+    deep: bool  # steps 4 to 7 reach below the container's own keys: copy it deeply
 
-    def run(self, message: Message) -> Message | None:
-        """Transform ``message`` (a private copy) in place; return it, a new one or None (drop)."""
+    def run(self, message: Message, *, private: bool) -> Message | None:
+        """Transform ``message``; return the result or None (drop).
+
+        A ``private`` message (a deep copy no one else holds) is changed in place. Otherwise
+        the input is left alone: a python transform or computed values get a deep copy (their
+        code may reach anything), the other actions copy only the objects they change.
+        """
         if self.drop:
             return None
+        if not private and (self.python is not None or self.values):
+            message, private = _clone(message), True
         if self.python is not None:
             result = self._call_python(message)
             if result is None:
                 return None
             message = result
+        if not private:
+            message = dict(message)
         if self.new_event_name is not None and message.get("type") == "track":
             message["event"] = self.new_event_name
-        container = _container(message, create=bool(self.values))
-        if container is not None:
-            for old, new in self.renames:
-                _move(container, old, new)
-            computed = [(path, expression.value(message)) for path, expression in self.values]
-            for path, value in computed:
-                if (parent := _parent(container, path, create=True)) is not None:
-                    parent[path[-1]] = value
-            for path in self.drop_paths:
-                if (parent := _parent(container, path)) is not None:
-                    parent.pop(path[-1], None)
-            if self.allow_paths is not None:
-                kept = _pick(container, self.allow_paths)
-                container.clear()
-                container.update(kept)
+        key = _container_key(message)
+        if key is not None and (
+            self.values or self.renames or self.drop_paths or self.allow_paths is not None
+        ):
+            if message.get(key) is None and self.values:
+                message[key] = {}
+            container = message.get(key)
+            if isinstance(container, dict):
+                if not private:
+                    container = message[key] = _clone(container) if self.deep else dict(container)
+                self._edit(message, container)
         for path in self.hash_paths:
-            parent = _parent(message, path)
+            parent = _parent(message, path) if private else _copied_parent(message, path)
             if parent is not None and parent.get(path[-1]) is not None:
                 parent[path[-1]] = _digest(parent[path[-1]])
         return message
+
+    def _edit(self, message: Message, container: Message) -> None:
+        """Steps 4 to 7, in place, on ``message``'s ``properties`` or ``traits``."""
+        for old, new in self.renames:
+            _move(container, old, new)
+        computed = [(path, expression.value(message)) for path, expression in self.values]
+        for path, value in computed:
+            if (parent := _parent(container, path, create=True)) is not None:
+                parent[path[-1]] = value
+        for path in self.drop_paths:
+            if (parent := _parent(container, path)) is not None:
+                parent.pop(path[-1], None)
+        if self.allow_paths is not None:
+            kept = _pick(container, self.allow_paths)
+            container.clear()
+            container.update(kept)
 
     def _call_python(self, message: Message) -> Message | None:
         assert self.python is not None
@@ -233,18 +258,20 @@ class Transformations:
     def apply(self, message: Message) -> TransformResult:
         """Run the transformations on ``message``; if none applies, return the same object."""
         current = message
+        private = False  # whether current is a deep copy of its own, to change in place
         applied: list[str] = []
         for t in self._transformations:
             try:
                 if not t.condition.matches(current):
                     continue
-                result = t.run(_clone(current) if current is message else current)
+                result = t.run(current, private=private)
             except (FqlEvaluationError, _TransformError, RecursionError) as exc:
                 # Fail closed: an event we cannot transform must not go out untransformed.
                 return TransformResult(None, t.name, tuple(applied), "transform_error", str(exc))
             if result is None:
                 return TransformResult(None, t.name, tuple(applied), "dropped")
             current = result
+            private = private or t.python is not None or bool(t.values)
             applied.append(t.name)
         return TransformResult(
             current, None, tuple(applied), "transformed" if applied else "passed"
@@ -285,6 +312,15 @@ def _compile(
         if config.allow_properties is None
         else tuple(map(split_path, config.allow_properties)),
         hash_paths=tuple(map(split_path, config.hash_properties)),
+        deep=any(
+            len(split_path(path)) > 1
+            for path in [
+                *config.property_renames,
+                *config.property_renames.values(),
+                *config.drop_properties,
+                *(config.allow_properties or ()),
+            ]
+        ),
     )
 
 
@@ -296,16 +332,10 @@ def _parse(text: str, where: str, problems: list[str]) -> fql.Expression | None:
         return None
 
 
-def _container(message: Message, *, create: bool) -> Message | None:
-    """The ``properties`` or ``traits`` object of ``message``, if its type has one."""
+def _container_key(message: Message) -> str | None:
+    """Where ``message``'s type keeps what steps 4 to 7 act on: ``properties``, ``traits``."""
     kind = message.get("type")
-    key = _CONTAINERS.get(kind) if isinstance(kind, str) else None
-    if key is None:
-        return None
-    if message.get(key) is None and create:
-        message[key] = {}
-    container = message.get(key)
-    return container if isinstance(container, dict) else None
+    return _CONTAINERS.get(kind) if isinstance(kind, str) else None
 
 
 def _parent(obj: Message, path: Path, *, create: bool = False) -> Message | None:
@@ -321,6 +351,17 @@ def _parent(obj: Message, path: Path, *, create: bool = False) -> Message | None
         if not isinstance(child, dict):
             return None
         obj = child
+    return obj
+
+
+def _copied_parent(obj: Message, path: Path) -> Message | None:
+    """Like :func:`_parent`, replacing each object on the way with a shallow copy of it."""
+    for key in path[:-1]:
+        child = obj.get(key)
+        if not isinstance(child, dict):
+            return None
+        copy = obj[key] = dict(child)
+        obj = copy
     return obj
 
 

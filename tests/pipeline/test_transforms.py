@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, FqlEvaluationError
 from gateway.pipeline.transforms import (
     Transform,
     TransformationConfig,
@@ -464,3 +464,61 @@ def test_apply_never_raises_or_mutates(message: dict[str, Any]) -> None:
     assert result.outcome in ("passed", "transformed", "dropped", "transform_error")
     assert (result.message is None) == (result.outcome in ("dropped", "transform_error"))
     assert repr(message) == repr(before)  # repr: NaN != NaN would defeat ==
+
+
+JSON_KEYS = st.sampled_from(["a", "b", "c", "d", "x", "y", "z", "k", "email", "traits", "plan"])
+JSON_ONLY = st.recursive(  # what a decoded message can hold: no NaN, no infinity
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(JSON_KEYS | st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+SHAPED = st.fixed_dictionaries(
+    {"type": st.sampled_from(["track", "identify", "group", "page", "alias"])},
+    optional={key: JSON_ONLY for key in ["userId", "event", "properties", "traits", "context"]},
+)
+COPY_ON_WRITE = [  # no python transform and no computed values: these copy what they change
+    {"name": "n", "if": "typeof(event) = 'string'", "new_event_name": "E"},
+    {"name": "r", "property_renames": {"a": "b.c", "b": "d"}},
+    {"name": "r1", "property_renames": {"plan": "tier", "x": "y"}},
+    {"name": "d", "drop_properties": ["x", "y.z"]},
+    {"name": "d1", "drop_properties": ["x", "email"]},
+    {"name": "a", "if": "contains(userId, 'u')", "allow_properties": ["k", "b.c"]},
+    {"name": "a1", "allow_properties": ["k", "a"]},
+    {"name": "h", "hash_properties": ["traits.email", "context.traits.email", "userId"]},
+    {"name": "h1", "hash_properties": ["properties.a.b", "properties.email"]},
+]
+
+
+@settings(max_examples=300)
+@given(
+    message=SHAPED,
+    configs=st.lists(
+        st.sampled_from(COPY_ON_WRITE), min_size=1, max_size=4, unique_by=lambda c: c["name"]
+    ),
+)
+def test_copying_what_changes_equals_changing_a_deep_copy(
+    message: dict[str, Any], configs: list[dict[str, Any]]
+) -> None:
+    """Transformations that copy only the objects they change give what they would give
+    changing a deep copy of the whole message, and leave the input as it was."""
+    transformations = compile_transformations(*configs)
+    before = copy.deepcopy(message)
+
+    result = transformations.apply(message)
+
+    expected: dict[str, Any] | None = copy.deepcopy(message)
+    for t in transformations._transformations:
+        try:
+            if expected is not None and t.condition.matches(expected):
+                expected = t.run(expected, private=True)
+        except FqlEvaluationError:
+            expected = None  # fails closed
+    assert result.message == expected
+    assert message == before
