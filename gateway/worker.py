@@ -184,7 +184,8 @@ class DestinationWorker:
 
     def _note_read(self, result: ReadResult) -> None:
         """Update the gauges a read tells about, and count the events it left out."""
-        self._depth.set(self.shard, max(result.newest - self.cursor, 0))
+        backlog = result.newest - self.cursor if result.backlog is None else result.backlog
+        self._depth.set(self.shard, max(backlog, 0))
         if result.skipped:
             self._not_routed.inc(result.skipped)
         oldest = result.events[0].received_at if result.events else None

@@ -26,6 +26,9 @@ class ReadResult:
     newest: int
     skipped: int = 0
     """Rows scanned but left out because their source does not feed the destination."""
+    backlog: int | None = None
+    """How many events are left from ``after`` on, when the backend counts them exactly
+    (``None``: ``newest - after`` is exact, as with the embedded log's dense numbering)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -556,6 +556,7 @@ class JetStreamEventLog:
             scanned_to=scanned_to,
             newest=max(self._last_seq, scanned_to),
             skipped=len(messages) - len(events),
+            backlog=len(messages) + pending,  # sequence numbers have other partitions' gaps
         )
 
     async def get_cursor(self, destination: str) -> int | None:

@@ -126,3 +126,17 @@ async def test_a_quiet_partition_waits_instead_of_spinning(
     started = time.monotonic()
     await reopened.wait_beyond(result.scanned_to, timeout_s=0.2)
     assert time.monotonic() - started >= 0.15
+
+
+async def test_backlog_counts_only_the_partitions_events(open_js_log: OpenJetStreamLog) -> None:
+    """A read reports how many of its partition's events are left, not the sequence gap that
+    other partitions' events make."""
+    mine = await open_js_log(partition=0)
+    others = await open_js_log(partition=1)
+    await others.append(events(5, start=10))
+    await mine.append(events(2))
+    await others.append(events(5, start=20))
+    result = await mine.read(0, 1, None)
+    assert [e.message_id for e in result.events] == ["m0"]
+    assert result.backlog == 2
+    assert result.newest - 0 > 2  # what the sequence numbers alone would have said
