@@ -23,6 +23,22 @@ def test_check_accepts_the_default_config(capsys: pytest.CaptureFixture[str]) ->
     assert ": ok (1 source(s), 2 destination(s))" in capsys.readouterr().out
 
 
+def test_check_accepts_the_cluster_example(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`eventgate check config/cluster.yaml` (docs/deployment.md's example) passes once its
+    secrets are in the environment."""
+    for name, value in {
+        "EVENTGATE_ADMIN_TOKEN": "a-long-admin-token",
+        "EVENTGATE_WRITE_KEY": "wk",
+        "EVENTGATE_WEBHOOK_URL": "https://hooks.example.com/in",
+        "EVENTGATE_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check", str(ROOT / "config" / "cluster.yaml")]) == 0
+    assert ": ok (1 source(s), 1 destination(s))" in capsys.readouterr().out
+
+
 def test_check_prints_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`eventgate check` prints each problem with file and key path and exits non-zero."""
     data = config_data(tmp_path)

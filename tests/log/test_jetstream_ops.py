@@ -1,4 +1,4 @@
-"""Dead letters on JetStream: list, show, replay and purge, directly and through the CLI."""
+"""Operating JetStream storage: dead letters (directly and through the CLI), and startup errors."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from gateway.log.base import DeadLetter
 from gateway.log.jetstream import JetStreamEventLog
 from tests.log.conformance import events
 from tests.log.conftest import OpenJetStreamLog
-from tests.nats import NatsServer
+from tests.nats import NatsServer, free_port
 
 
 async def bury(event_log: JetStreamEventLog, destination: str, count: int, start: int) -> None:
@@ -85,3 +85,23 @@ async def test_the_cli_reads_jetstream_dead_letters(
     assert "m0" in out.out
     assert "m1" in out.out
     assert "2 dead letter(s)" in out.err
+
+
+def test_serve_exits_clearly_when_jetstream_is_unreachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`eventgate serve` on a JetStream nobody listens on exits 1 naming the servers."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    config = {
+        "server": {"port": free_port(), "ingress_processes": 1},
+        "storage": {
+            "backend": "jetstream",
+            "data_dir": str(tmp_path / "data"),
+            "jetstream": {"servers": [url], "timeout_s": 1},
+        },
+        "sources": [{"name": "web", "write_keys": ["k"]}],
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["serve", "--config", str(path)]) == 1
+    assert f"JetStream at {url} cannot be reached" in capsys.readouterr().err
