@@ -234,6 +234,7 @@ async def one_run(
             await asyncio.sleep(1)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
             cpu = [machine_busy_s(), cpu_s(pids), cpu_s([])]
+            per_process = [cpu_s([pid]) for pid in pids]
             started = time.monotonic()
             await blast(session, f"{url}/v1/batch", bodies)
             ingested = time.monotonic() - started
@@ -247,6 +248,7 @@ async def one_run(
             cpu = [
                 b - a for a, b in zip(cpu, [machine_busy_s(), cpu_s(pids), cpu_s([])], strict=True)
             ]
+            per_process = [cpu_s([pid]) - used for pid, used in zip(pids, per_process, strict=True)]
             await asyncio.sleep(0.5)  # anything delivered beyond the expected count shows by now
             count = await delivered(session, url)
     finally:
@@ -261,6 +263,12 @@ async def one_run(
         **{"complete": complete, "seconds": seconds, "ingest_seconds": ingested},
         **{"events_per_s": n / seconds, "ingest_events_per_s": n / ingested},
         "gateway_cores": cpu[1] / seconds,
+        "router_cores": per_process[0] / seconds,
+        "ingress_cores": [used / seconds for used in per_process[1:]],
+        "cpu_us_per_event": {
+            "router": per_process[0] / n * 1e6,
+            "ingress": sum(per_process[1:]) / n * 1e6,
+        },
         "other_cores": max(cpu[0] - cpu[1] - cpu[2], 0) / seconds,  # the script's not counted
         "exit_code": gateway.returncode,
         "gateway_output": (tmp / "gateway.out").read_text().splitlines()[-20:],
@@ -270,11 +278,13 @@ async def one_run(
 def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Print a line per run, the medians and the ratios; return them."""
     print(f"\n{'run':<4} {'configuration':<15} {'end to end ev/s':>15} {'ingest ev/s':>11}", end="")
-    print(f" {'gateway':>7} {'other':>5}  check")
+    print(f" {'gateway':>7} {'router':>6} {'ingress':>11} {'other':>5}  check")
     for i, r in enumerate(runs, 1):
         check = "ok" if r["complete"] else f"FAILED: {r['output']}, {r['expected']:,} expected"
         print(f"{i:<4} {r['config']:<15} {r['events_per_s']:>15,.0f}", end="")
         print(f" {r['ingest_events_per_s']:>11,.0f} {r['gateway_cores']:>7.2f}", end="")
+        ingress = "+".join(f"{used:.2f}" for used in r["ingress_cores"])
+        print(f" {r['router_cores']:>6.2f} {ingress:>11}", end="")
         print(f" {r['other_cores']:>5.2f}  {check}")
     summary: dict[str, Any] = {}
     for config in ("no rules", "rules"):
@@ -283,15 +293,22 @@ def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
             statistics.median(r[k] for r in mine) for k in ("events_per_s", "ingest_events_per_s")
         ]
         summary[config] = {"end_to_end": median[0], "ingest": median[1]}
-        print(f"{'':<4} {'median ' + config:<15} {median[0]:>15,.0f} {median[1]:>11,.0f}")
+        cpu = {
+            role: statistics.median(r["cpu_us_per_event"][role] for r in mine)
+            for role in ("router", "ingress")
+        }
+        summary[config]["cpu_us_per_event"] = cpu
+        print(f"{'':<4} {'median ' + config:<15} {median[0]:>15,.0f} {median[1]:>11,.0f}", end="")
+        print(f"   CPU per event: router {cpu['router']:.1f} us, ingress {cpu['ingress']:.1f} us")
     for kind in ("end_to_end", "ingest"):
         summary[f"ratio_{kind}"] = summary["rules"][kind] / summary["no rules"][kind]
     summary["met"] = summary["ratio_end_to_end"] >= TARGET
     met = "met" if summary["met"] else "NOT met"
     print(f"ratio rules/no rules: end to end {summary['ratio_end_to_end']:.3f} ", end="")
     print(f"(ingest alone {summary['ratio_ingest']:.3f}); target >= {TARGET}: {met}")
-    print("gateway, other: cores the gateway's processes and anything but them and this script")
-    print("used from the first POST until every event was delivered")
+    print("gateway, router, ingress, other: cores the gateway's processes (the router process,")
+    print("each ingress process) and anything but them and this script used from the first POST")
+    print("until every event was delivered; CPU per event: the router's and the ingress processes'")
     if any(r["other_cores"] > 0.25 for r in runs):
         print("WARNING: other processes used CPU during the runs; rerun on a quiet machine")
     return summary

@@ -69,7 +69,10 @@ _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 Outcome = Literal["passed", "dropped", "sampled_out", "filter_error"]
 Message = dict[str, Any]
-_Action = Callable[[Message], Message | None]
+_Owned = dict[int, Message]
+"""The objects one run of the filters copied, by id: its own, so later edits change them in place
+(and holding them keeps their ids from being reused)."""
+_Action = Callable[[Message, _Owned], Message | None]
 
 
 def split_path(path: str) -> tuple[str, ...]:
@@ -202,11 +205,12 @@ class DestinationFilters:
     def apply(self, message: Message) -> FilterResult:
         """Run the filters on ``message``; if none changes it, the result holds the same object."""
         current = message
+        owned: _Owned = {}
         for f in self._filters:
             try:
                 if f.condition.matches(current) != f.acts_on_match:
                     continue
-                result = f.act(current)
+                result = f.act(current, owned)
             except (FqlEvaluationError, RecursionError) as exc:
                 # Fail closed: an event we cannot judge must not reach the destination unfiltered.
                 return FilterResult(None, "filter_error", f.name, error=str(exc))
@@ -235,14 +239,14 @@ def _action(
         return _editor(config.drop_properties, allow=False), "dropped"
     if config.allow_properties is not None:
         return _editor(config.allow_properties, allow=True), "dropped"
-    return (lambda _message: None), "dropped"  # drop, only_send
+    return (lambda _message, _owned: None), "dropped"  # drop, only_send
 
 
 def _sampler(config: SampleConfig, random: Callable[[], float]) -> _Action:
     threshold = config.percent / 100
     path = split_path(config.path) if config.path is not None else None
 
-    def sample(message: Message) -> Message | None:
+    def sample(message: Message, _owned: _Owned) -> Message | None:
         value = _get(message, path) if path is not None else None
         if value is None and path is not None:
             value = message.get("messageId")
@@ -278,9 +282,9 @@ def _editor(fields: Mapping[str, list[str]], *, allow: bool) -> _Action:
         for path, keys in fields.items()
     ]
 
-    def edit(message: Message) -> Message:
+    def edit(message: Message, owned: _Owned) -> Message:
         for path, keys in plan:
-            message = _retain(message, path, keys, allow)
+            message = _retain(message, path, keys, allow, owned)
         return message
 
     return edit
@@ -291,22 +295,37 @@ def _keys(keys: frozenset[str], *, allow: bool, top: bool) -> frozenset[str]:
     return keys | PROTECTED_FIELDS if allow and top else keys
 
 
-def _retain(obj: Message, path: tuple[str, ...], keys: frozenset[str], allow: bool) -> Message:
+def _retain(
+    obj: Message, path: tuple[str, ...], keys: frozenset[str], allow: bool, owned: _Owned
+) -> Message:
     """Return ``obj`` with the object at ``path`` cut to ``keys`` (``allow``) or without them.
 
-    Copies ``obj`` and the objects on the way only when something is removed; a path that is
-    missing or leads to a non-object changes nothing.
+    Copies ``obj`` and the objects on the way only when something is removed, and only those
+    not already in ``owned``; a path that is missing or leads to a non-object changes nothing.
     """
     if path:
         child = obj.get(path[0])
         if not isinstance(child, dict):
             return obj
-        edited = _retain(child, path[1:], keys, allow)
-        return obj if edited is child else {**obj, path[0]: edited}
+        edited = _retain(child, path[1:], keys, allow, owned)
+        if edited is child:
+            return obj
+        obj = _own(obj, owned)
+        obj[path[0]] = edited
+        return obj
     removed = [k for k in obj if k not in keys] if allow else [k for k in keys if k in obj]
     if not removed:
         return obj
-    edited = dict(obj)  # a C-level copy and a few deletions beat rebuilding, and keep the order
+    obj = _own(obj, owned)
     for key in removed:
-        del edited[key]
-    return edited
+        del obj[key]
+    return obj
+
+
+def _own(obj: Message, owned: _Owned) -> Message:
+    """``obj`` if this run copied it already, else a (C-level, order-keeping) copy of it."""
+    if id(obj) in owned:
+        return obj
+    copy = dict(obj)
+    owned[id(copy)] = copy
+    return copy
