@@ -14,6 +14,7 @@ Runs, per backend (DuckDB, then PostgreSQL), in the same run and the same kind o
   gateway reports every event delivered, i.e. loaded and committed.
 
     .venv/bin/python bench/warehouse.py [--backend both] [--events 200000] [--batch-events N]
+        [--loader sql|python]
 
 Each track event becomes two rows (``tracks`` and its event's table): prints events/s and rows/s,
 the ratio gateway/reference and the targets; writes ``bench/results/warehouse.json``; exits 1
@@ -309,9 +310,10 @@ async def run_backend(
 
         reference = await asyncio.to_thread(reference_duckdb, work / "reference.duckdb", plans)
         path = work / "warehouse.duckdb"
-        gateway = await through_gateway(
-            args, work, {"backend": "duckdb", "path": str(path)}, bodies, n
-        )
+        settings = {"backend": "duckdb", "path": str(path)}
+        if args.loader:  # else the destination's default (sql)
+            settings["loader"] = args.loader
+        gateway = await through_gateway(args, work, settings, bodies, n)
         with duckdb.connect(str(path), read_only=True) as conn:
             counts = conn.execute(COUNTS).fetchone()
         version = duckdb.__version__
@@ -326,6 +328,8 @@ async def run_backend(
             await admin.close()
             reference = await reference_postgres(server.get_uri("reference"), plans)
             settings = {"backend": "postgres", "dsn": server.get_uri("gateway")}
+            if args.loader:  # else the destination's default (sql)
+                settings["loader"] = args.loader
             gateway = await through_gateway(args, work, settings, bodies, n)
             conn = await asyncpg.connect(server.get_uri("gateway"))
             counts = tuple(await conn.fetchrow(COUNTS))
@@ -399,6 +403,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
     meta = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "commit": args.commit.decode()}
     meta |= {"python": platform.python_version(), "cores": os.cpu_count(), "argv": sys.argv[1:]}
     meta |= {"batch": BATCH, "connections": CONCURRENCY, "batch_events": args.batch_events}
+    meta |= {"loader": args.loader or "the default (sql)"}
     args.out.write_text(json.dumps({**meta, "results": results}, indent=2, default=str))
     print(f"\nresults: {args.out}")
     incomplete = [r["backend"] for r in results if not r["complete"]]
@@ -417,6 +422,9 @@ def main() -> int:
         "--batch-events",
         type=int,
         help="the destination's batch.max_events (max_age_s 2); default: the type's default",
+    )
+    parser.add_argument(
+        "--loader", choices=["sql", "python"], help="the destination's loader; default: its default"
     )
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for loads")
     parser.add_argument("--profile", action="store_true", help="py-spy the router process")

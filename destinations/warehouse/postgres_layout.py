@@ -9,14 +9,13 @@ layout is found by running the Python path's own :func:`~destinations.warehouse.
 on a skeleton of the event whose leaves are :class:`Leaf` markers, so naming, flattening and the
 reserved-column rules cannot drift apart between the two paths.
 
-A shape the SQL loader cannot reproduce exactly carries a ``reason``; :func:`share_of` then
+A shape the SQL loader cannot reproduce exactly carries a ``reason``; :meth:`Share.add` then
 sends the whole source's share of the batch through the Python path, whose result is the
 reference (see ``docs/warehouse.md`` for the list).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ import orjson
 from destinations.warehouse.schema import _MAX_DEPTH, _TOP_LEVEL, ColumnType, rows_of, type_of
 from gateway.destination import Event
 
-__all__ = ["KIND_TYPES", "SLUG", "Layout", "Leaf", "Share", "layout_of", "share_of"]
+__all__ = ["KIND_TYPES", "SLUG", "Layout", "Leaf", "Share", "layout_of"]
 
 # Kinds of values, as shapes spell them.
 STRING, STAMP, BOOL, INT, BIG_INT, FLOAT, ODD_FLOAT, ARRAY, DEEP, NULL, OTHER = "stbinfgad0?"
@@ -48,9 +47,6 @@ KIND_TYPES: Mapping[str, ColumnType] = {
 _INT64 = range(-(2**63), 2**63)
 _TOP_FIELDS = (*(key for key, _ in _TOP_LEVEL), "name", "category", "groupId", "previousId")
 _ROOTS = ("context", "properties", "traits")
-# PostgreSQL text cannot hold NUL (the Python path keeps such values in _unmapped); the staging
-# COPY (CSV, \x1f between fields, \x1e as its quote) needs each event on one line.
-_UNSTAGEABLE = re.compile(rb"\\u0000|[\n\r\x1e\x1f]")
 _MAX_LAYOUTS = 4096  # distinct shapes kept; beyond, the cache starts afresh
 
 
@@ -88,7 +84,7 @@ class Layout:
 
 @dataclass(slots=True)
 class Share:
-    """One source's events of a batch, grouped by layout for the SQL loader."""
+    """One source's events of a batch, grouped by layout for the SQL loader; see :meth:`add`."""
 
     events: list[Event] = field(default_factory=list)
     layouts: list[Layout] = field(default_factory=list)
@@ -96,71 +92,72 @@ class Share:
     groups: list[int] = field(default_factory=list)
     """Per event, the index of its layout."""
     arrays: dict[tuple[str, ...], int] = field(default_factory=dict)
-    """Paths of the arrays the share stores, each with its number (its staging column)."""
-    texts: list[tuple[str | None, ...]] = field(default_factory=list)
-    """Per event, the JSON text of each array (``None`` where the event has none there)."""
+    """Paths of the arrays the share stores, each with its number (its key in ``texts``)."""
+    texts: list[bytes | None] = field(default_factory=list)
+    """Per event, a JSON object of the JSON text of each of its arrays, by number, or ``None``."""
     reason: str | None = None
     """Why this share goes through the Python path, if it does."""
+    _index: dict[int, int] = field(default_factory=dict)  # id(layout) -> its index in layouts
+    _ids: set[Any] = field(default_factory=set)
 
+    def add(self, events: Sequence[Event]) -> bool:
+        """Add ``events`` (a part of the share, in order); ``False`` once ``reason`` is set.
 
-_cache: dict[Any, Layout] = {}
+        Decodes every event but works per event only to take its shape.
+        """
+        for event in events:
+            raw = event.raw
+            # PostgreSQL text cannot hold NUL (the Python path keeps such values in _unmapped);
+            # the staging COPY (CSV, \x1f between fields, \x1e as quote) needs one line each.
+            if (
+                b"\\u0000" in raw
+                or b"\n" in raw
+                or b"\r" in raw
+                or b"\x1e" in raw
+                or b"\x1f" in raw
+            ):
+                self.reason = "a string holding NUL, or JSON text with line breaks"
+                return False
+            # Not event.message: that would keep every decoded event alive (and for the garbage
+            # collector to walk) until the batch is done; only its shape is needed.
+            message = orjson.loads(raw)
+            self._ids.add(message.get("messageId"))
+            layout = layout_of(message)
+            if layout.reason is not None:
+                self.reason = layout.reason
+                return False
+            at = self._index.get(id(layout))
+            if at is None:
+                at = self._index[id(layout)] = len(self.layouts)
+                self.layouts.append(layout)
+            self.events.append(event)
+            self.groups.append(at)
+            self.texts.append(self._texts(message, layout.arrays) if layout.arrays else None)
+        if len(self._ids) != len(self.events) or None in self._ids:
+            self.reason = "a messageId repeated in the batch or missing"
+            return False
+        return True
 
-
-def share_of(events: Sequence[Event]) -> Share:
-    """One source's ``events`` with their layouts; ``reason`` set if the Python path must load them.
-
-    Decodes every event (``Event.message``) but works per event only to take its shape.
-    """
-    share = Share(events=list(events))
-    index: dict[int, int] = {}  # id(layout) -> its index in share.layouts
-    ids: set[Any] = set()
-    arrays: list[tuple[int, Mapping[str, Any], Layout]] = []
-    for event in share.events:
-        if _UNSTAGEABLE.search(event.raw):
-            share.reason = "a string holding NUL, or JSON text with line breaks"
-            return share
-        message = event.message
-        ids.add(message.get("messageId"))
-        layout = layout_of(message)
-        if layout.reason is not None:
-            share.reason = layout.reason
-            return share
-        at = index.get(id(layout))
-        if at is None:
-            at = index[id(layout)] = len(share.layouts)
-            share.layouts.append(layout)
-        share.groups.append(at)
-        if layout.arrays:
-            arrays.append((len(share.groups) - 1, message, layout))
-    if len(ids) != len(share.events) or None in ids:
-        share.reason = "a messageId repeated in the batch or missing"
-    elif arrays:
-        _array_texts(share, arrays)
-    return share
-
-
-def _array_texts(share: Share, found: Sequence[tuple[int, Mapping[str, Any], Layout]]) -> None:
-    """Fill ``share.arrays`` and ``share.texts``: orjson's text of every array stored."""
-    for _, _, layout in found:
-        for path in layout.arrays:
-            share.arrays.setdefault(path, len(share.arrays))
-    empty: tuple[str | None, ...] = (None,) * len(share.arrays)
-    share.texts = [empty] * len(share.events)
-    for at, message, layout in found:
-        texts: list[str | None] = list(empty)
-        for path in layout.arrays:
+    def _texts(self, message: Mapping[str, Any], paths: Sequence[tuple[str, ...]]) -> bytes:
+        """orjson's text of each array of ``message`` at ``paths``, as one JSON object."""
+        texts: dict[str, str] = {}
+        for path in paths:
             value: Any = message
             for key in path:
                 value = value[key]
-            texts[share.arrays[path]] = orjson.dumps(value).decode()
-        share.texts[at] = tuple(texts)
+            number = self.arrays.setdefault(path, len(self.arrays))
+            texts[str(number)] = orjson.dumps(value).decode()
+        return orjson.dumps(texts)
+
+
+_cache: dict[Any, Layout] = {}
 
 
 def layout_of(message: Mapping[str, Any]) -> Layout:
     """The layout of ``message``'s shape, from the cache or worked out now."""
     kind = message.get("type")
     name = message.get("event") if kind == "track" else None
-    shape = (kind, name, *[(key, _shape(message[key])) for key in _FIELDS if key in message])
+    shape = (kind, name, *[(key, _shape(value)) for key, value in message.items() if key in _KEPT])
     layout = _cache.get(shape)
     if layout is None:
         if len(_cache) >= _MAX_LAYOUTS:
@@ -170,6 +167,7 @@ def layout_of(message: Mapping[str, Any]) -> Layout:
 
 
 _FIELDS = (*_TOP_FIELDS, *_ROOTS)
+_KEPT = frozenset(_FIELDS)
 
 
 def _shape(value: Any) -> Any:
@@ -215,7 +213,18 @@ def _leaf_kind(value: Any) -> str:
 
 
 def _stamp(text: str) -> bool:
-    return type_of(text) is ColumnType.TIMESTAMP
+    # Remembered: the four common timestamps repeat (a request's receivedAt and sentAt, ...),
+    # and this check is a third of the time a shape takes.
+    known = _stamps.get(text)
+    if known is None:
+        if len(_stamps) >= _MAX_STAMPS:
+            _stamps.clear()
+        known = _stamps[text] = type_of(text) is ColumnType.TIMESTAMP
+    return known
+
+
+_stamps: dict[str, bool] = {}
+_MAX_STAMPS = 65536
 
 
 def _work_out(message: Mapping[str, Any]) -> Layout:

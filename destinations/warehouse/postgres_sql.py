@@ -31,8 +31,7 @@ counts them by reason.
 from __future__ import annotations
 
 import asyncio
-import io
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,7 +51,6 @@ from destinations.warehouse.postgres_layout import (
     SLUG,
     STAMP,
     Share,
-    share_of,
 )
 from destinations.warehouse.schema import RESERVED_COLUMNS, ColumnType, Row, rows_of, widen
 from gateway.destination import Event
@@ -61,6 +59,7 @@ from gateway.events import format_timestamp
 __all__ = ["PostgresSqlWarehouse"]
 
 _STAGE = "eventgate_raw"
+_PART_EVENTS = 1000  # events staged per part: shapes of one part are taken while the last loads
 _TYPE_NAMES = PostgresWarehouse.type_names
 _FIXED_OK = {  # the kinds a common column's value may have (else: the Python path's _unmapped)
     ColumnType.TEXT: frozenset("stbin" + SLUG),
@@ -105,33 +104,69 @@ class PostgresSqlWarehouse(PostgresWarehouse):
 
     async def load_events(self, events: Sequence[Event]) -> LoadResult:
         """Load ``events`` (one schema per source) in one transaction; errors as :meth:`load`."""
+        from destinations.warehouse import schema_name  # noqa: PLC0415 -- an import cycle
+
         loaded_at = datetime.now(UTC)
-        # Off the event loop: decoding a 5,000-event batch takes some 50 ms of CPU.
-        shares = await asyncio.to_thread(_shares, events)
+        by_schema: dict[str, list[Event]] = {}
+        for event in events:
+            by_schema.setdefault(schema_name(event.source), []).append(event)
         results = []
         async with self._transaction("load") as conn:
-            for schema in sorted(shares):
+            for schema in sorted(by_schema):
                 await self._create_schema(conn, schema)
-                results.append(await self._load_share(conn, schema, shares[schema], loaded_at))
+                batch = by_schema[schema]
+                results.append(await self._load_share(conn, schema, batch, loaded_at))
         return combined(results)
 
     async def _load_share(
-        self, conn: Any, schema: str, share: Share, loaded_at: datetime
+        self, conn: Any, schema: str, events: Sequence[Event], loaded_at: datetime
     ) -> LoadResult:
+        share = await self._stage(conn, events)
         reason = share.reason
         if reason is None:
             try:
                 return await self._load_in_sql(conn, schema, share, loaded_at)
             except _Fallback as exc:
                 reason = str(exc)
+        await conn.execute(f"DROP TABLE pg_temp.{_STAGE}")
         self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
-        tables = await asyncio.to_thread(_python_tables, share.events)
+        tables = await asyncio.to_thread(_python_tables, events)
         return await self._load_rows(conn, schema, tables, loaded_at)
+
+    async def _stage(self, conn: Any, events: Sequence[Event]) -> Share:
+        """COPY ``events`` into the staging table while Python takes their shapes, part by part.
+
+        Each part's shapes are taken in a thread (off the event loop) while the server parses
+        the part before it, so the two overlap. Stops at a part with a ``reason``.
+        """
+        share = Share()
+        await conn.execute(
+            f"CREATE TEMP TABLE {_STAGE} (g integer, slug text, raw jsonb, texts jsonb) "
+            "ON COMMIT DROP"
+        )
+
+        async def parts() -> AsyncIterator[bytes]:
+            for start in range(0, len(events), _PART_EVENTS):
+                part = events[start : start + _PART_EVENTS]
+                lines = await asyncio.to_thread(_staged, share, part)
+                if lines is None:
+                    return
+                yield lines
+
+        await conn.copy_to_table(
+            _STAGE,
+            schema_name="pg_temp",
+            source=parts(),
+            format="csv",
+            delimiter="\x1f",
+            quote="\x1e",
+        )
+        return share
 
     async def _load_in_sql(
         self, conn: Any, schema: str, share: Share, loaded_at: datetime
     ) -> LoadResult:
-        """One schema's share in SQL; :class:`_Fallback` (before any change) where it cannot."""
+        """One schema's staged share in SQL; :class:`_Fallback` (before any change) if it cannot."""
         plans = _layout(share)
         users = any(layout.users for layout in share.layouts)
         existing = {}
@@ -144,18 +179,6 @@ class PostgresSqlWarehouse(PostgresWarehouse):
         for table, plan in sorted(plans.items()):
             assert plan.ddl is not None
             changes.extend(await self._apply_ddl(conn, schema, plan.ddl, existing[table] or {}))
-        texts = "".join(f", a{number} text" for number in range(len(share.arrays)))
-        await conn.execute(
-            f"CREATE TEMP TABLE {_STAGE} (g integer, slug text, raw jsonb{texts}) ON COMMIT DROP"
-        )
-        await conn.copy_to_table(
-            _STAGE,
-            schema_name="pg_temp",
-            source=io.BytesIO(_staged(share)),
-            format="csv",
-            delimiter="\x1f",
-            quote="\x1e",
-        )
         stamp = _literal(format_timestamp(loaded_at))
         rows = 0
         for _, plan in sorted(plans.items()):
@@ -178,16 +201,6 @@ class PostgresSqlWarehouse(PostgresWarehouse):
         return LoadResult(
             rows=len(plan.rows), unmapped_values=plan.unmapped_values, schema_changes=changes
         )
-
-
-def _shares(events: Sequence[Event]) -> dict[str, Share]:
-    """The batch's events by schema, each share with its layouts."""
-    from destinations.warehouse import schema_name  # noqa: PLC0415 -- an import cycle
-
-    by_schema: dict[str, list[Event]] = {}
-    for event in events:
-        by_schema.setdefault(schema_name(event.source), []).append(event)
-    return {schema: share_of(batch) for schema, batch in by_schema.items()}
 
 
 def _python_tables(events: Sequence[Event]) -> dict[str, list[Row]]:
@@ -320,24 +333,21 @@ def _plan_types(
     )
 
 
-def _staged(share: Share) -> bytes:
-    """The share's staging rows as CSV: layout, table name, JSON, array texts (``_STAGE``)."""
-    # No quoting needed: share_of made sure no field holds \x1e, \x1f or a line break, and
-    # an empty field is NULL.
-    slugs = [f"{group}\x1f{layout.slug or ''}\x1f".encode() for group, layout in
-             enumerate(share.layouts)]  # fmt: skip
-    if not share.arrays:
-        return b"".join(
-            [
-                b"%b%b\n" % (slugs[group], event.raw)
-                for event, group in zip(share.events, share.groups, strict=True)
-            ]
-        )
-    lines = []
-    for event, group, texts in zip(share.events, share.groups, share.texts, strict=True):
-        arrays = "".join(f"\x1f{text or ''}" for text in texts).encode()
-        lines.append(b"%b%b%b\n" % (slugs[group], event.raw, arrays))
-    return b"".join(lines)
+def _staged(share: Share, events: Sequence[Event]) -> bytes | None:
+    """``events`` added to ``share``, as staging rows (CSV); ``None`` once it has a ``reason``.
+
+    A row: the layout's number, the track's table name, the JSON, the texts of its arrays. No
+    quoting is needed: ``Share.add`` made sure no field holds \x1e, \x1f or a line break; an
+    empty field is NULL.
+    """
+    start = len(share.events)
+    if not share.add(events):
+        return None
+    slugs = [b"%d\x1f%b\x1f" % (group, (layout.slug or "").encode())
+             for group, layout in enumerate(share.layouts)]  # fmt: skip
+    rows = zip(share.events[start:], share.groups[start:], share.texts[start:], strict=True)
+    return b"".join([b"%b%b\x1f%b\n" % (slugs[group], event.raw, texts or b"")
+                     for event, group, texts in rows])  # fmt: skip
 
 
 def _insert_sql(schema: str, plan: _TablePlan, share: Share, stamp: str) -> str:
@@ -365,19 +375,21 @@ def _value(path: tuple[str, ...], kinds: set[str], kind: ColumnType, array: int 
     """The expression reading ``path`` as ``kind``; ``array``: the staged JSON texts of it."""
     if not path:
         return "slug"
-    at = "ARRAY[" + ", ".join(map(_literal, path)) + "]"
+    # Operator by operator: measured twice as fast in PostgreSQL 18 as #>> with a text[] path.
+    *parents, key = map(_literal, path)
+    at = "raw" + "".join(f" -> {parent}" for parent in parents) + f" ->> {key}"
     if kind is ColumnType.TEXT:
         # An array's text is orjson's, staged; PostgreSQL would write its own.
-        return f"raw #>> {at}" if array is None else f"COALESCE(a{array}, raw #>> {at})"
+        return at if array is None else f"COALESCE(texts ->> '{array}', {at})"
     # From the JSON text: text -> float8 keeps what numeric would lose (-0.0, 1e400 refused).
     sql_type = _TYPE_NAMES[kind]
     if kind is not ColumnType.BOOLEAN and BOOL in kinds:
         # There is no boolean -> bigint cast; Python's coerce makes true 1 (1.0).
         return (
-            f"CASE raw #>> {at} WHEN 'true' THEN 1::{sql_type} WHEN 'false' THEN 0::{sql_type} "
-            f"ELSE (raw #>> {at})::{sql_type} END"
+            f"CASE {at} WHEN 'true' THEN 1::{sql_type} WHEN 'false' THEN 0::{sql_type} "
+            f"ELSE ({at})::{sql_type} END"
         )
-    return f"(raw #>> {at})::{sql_type}"
+    return f"({at})::{sql_type}"
 
 
 def _literal(text: str) -> str:
