@@ -120,8 +120,7 @@ class DestinationStage:
                 else:
                     left_out[source, rule, "dropped"] += 1
                 return None
-            if transformed.message is not message:
-                for name in transformed.applied:
-                    left_out[source, f"transformation:{name}", "transformed"] += 1
+            for name in transformed.applied:  # counted even if nothing changed (docs)
+                left_out[source, f"transformation:{name}", "transformed"] += 1
             message = transformed.message
         return message

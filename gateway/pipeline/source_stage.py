@@ -100,9 +100,8 @@ class SourceStage:
                 action = "error" if transformed.outcome == "transform_error" else "dropped"
                 result.counts[f"transformation:{transformed.rule}", action] += 1
                 return out
-            if transformed.message is not message:
-                for name in transformed.applied:
-                    result.counts[f"transformation:{name}", "transformed"] += 1
+            for name in transformed.applied:  # counted even if nothing changed (docs)
+                result.counts[f"transformation:{name}", "transformed"] += 1
             message = transformed.message
         return [message, *out]
 

@@ -163,37 +163,67 @@ class _Transformation:
 
         A ``private`` message (a deep copy no one else holds) is changed in place. Otherwise
         the input is left alone: a python transform or computed values get a deep copy (their
-        code may reach anything), the other actions copy only the objects they change.
+        code may reach anything), the other actions copy only the objects they change, and
+        return ``message`` itself when they change nothing.
         """
         if self.drop:
             return None
-        if not private and (self.python is not None or self.values):
-            message, private = _clone(message), True
+        if private:
+            return self._run_in_place(message)
+        if self.python is not None or self.values:
+            return self._run_in_place(_clone(message))
+        return self._run_copying(message)
+
+    def _run_in_place(self, message: Message) -> Message | None:
         if self.python is not None:
             result = self._call_python(message)
             if result is None:
                 return None
             message = result
-        if not private:
-            message = dict(message)
         if self.new_event_name is not None and message.get("type") == "track":
             message["event"] = self.new_event_name
         key = _container_key(message)
-        if key is not None and (
-            self.values or self.renames or self.drop_paths or self.allow_paths is not None
-        ):
+        if key is not None and self._edits:
             if message.get(key) is None and self.values:
                 message[key] = {}
             container = message.get(key)
             if isinstance(container, dict):
-                if not private:
-                    container = message[key] = _clone(container) if self.deep else dict(container)
                 self._edit(message, container)
         for path in self.hash_paths:
-            parent = _parent(message, path) if private else _copied_parent(message, path)
+            parent = _parent(message, path)
             if parent is not None and parent.get(path[-1]) is not None:
                 parent[path[-1]] = _digest(parent[path[-1]])
         return message
+
+    def _run_copying(self, message: Message) -> Message:
+        """:meth:`_run_in_place` for a transformation without ``python`` or computed values,
+        copying the objects it changes (``message`` itself, if it changes nothing)."""
+        out = message
+        name = self.new_event_name
+        if name is not None and message.get("type") == "track":
+            event = message.get("event")
+            if type(event) is not str or event != name:
+                out = {**message, "event": name}
+        key = _container_key(out)
+        container = out.get(key) if key is not None and self._edits else None
+        if key is not None and isinstance(container, dict):
+            out = dict(out) if out is message else out
+            container = out[key] = _clone(container) if self.deep else dict(container)
+            self._edit(out, container)
+        for path in self.hash_paths:
+            parent = _parent(out, path)
+            if parent is None or parent.get(path[-1]) is None:
+                continue  # nothing to hash: nothing to copy
+            out = dict(out) if out is message else out
+            parent = _copied_parent(out, path)
+            assert parent is not None  # the same walk as above, through copies
+            parent[path[-1]] = _digest(parent[path[-1]])
+        return out
+
+    @property
+    def _edits(self) -> bool:
+        """Whether steps 4 to 7 have anything to do."""
+        return bool(self.values or self.renames or self.drop_paths) or self.allow_paths is not None
 
     def _edit(self, message: Message, container: Message) -> None:
         """Steps 4 to 7, in place, on ``message``'s ``properties`` or ``traits``."""

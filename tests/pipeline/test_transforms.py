@@ -522,3 +522,17 @@ def test_copying_what_changes_equals_changing_a_deep_copy(
             expected = None  # fails closed
     assert result.message == expected
     assert message == before
+
+
+def test_a_transformation_that_changes_nothing_returns_the_input_and_counts_as_applied() -> None:
+    """Hashing a missing field changes nothing: the very input comes back, still "transformed"."""
+    transformations = compile_transformations(
+        {"name": "h", "hash_properties": ["context.traits.phone"]},
+        {"name": "n", "new_event_name": "Order Completed"},
+    )
+
+    result = transformations.apply(TRACK)
+
+    assert result.message is TRACK
+    assert result.applied == ("h", "n")
+    assert result.outcome == "transformed"
