@@ -153,6 +153,7 @@ class FilterResult:
 class _Filter:
     name: str
     condition: fql.Expression
+    test: fql.Evaluator | None  # the condition's evaluator; None if it is always true
     acts_on_match: bool  # False for only_send, which acts on the events that do not match
     act: _Action  # the message to carry on with, or None to drop it
     drop_outcome: Outcome
@@ -195,7 +196,17 @@ class DestinationFilters:
             act, drop_outcome = _action(config, random)
             rank = _ACTIONS.index(kind)
             filters.append(
-                (rank, _Filter(config.name, condition, kind != "only_send", act, drop_outcome))
+                (
+                    rank,
+                    _Filter(
+                        config.name,
+                        condition,
+                        condition.evaluator,
+                        kind != "only_send",
+                        act,
+                        drop_outcome,
+                    ),
+                )
             )
         if problems:
             raise ConfigError(problems)
@@ -208,7 +219,8 @@ class DestinationFilters:
         owned: _Owned = {}
         for f in self._filters:
             try:
-                if f.condition.matches(current) != f.acts_on_match:
+                test = f.test
+                if (test is None or test(current) is True) is not f.acts_on_match:
                     continue
                 result = f.act(current, owned)
             except (FqlEvaluationError, RecursionError) as exc:

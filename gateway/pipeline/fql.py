@@ -30,7 +30,7 @@ from gateway.pipeline.fql_codegen import compile_tree
 from gateway.pipeline.fql_semantics import Evaluator, evaluator
 from gateway.pipeline.fql_syntax import parse_tree
 
-__all__ = ["Expression", "parse"]
+__all__ = ["Evaluator", "Expression", "parse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,12 @@ class Expression:
         Raises FqlEvaluationError when the expression cannot be evaluated for this message.
         """
         return self._evaluate(message)
+
+    @property
+    def evaluator(self) -> Evaluator | None:
+        """The function :meth:`value` calls, for loops that call it per event; None for ``all``
+        (always true), so they can skip it."""
+        return None if self.text.strip() == "all" else self._evaluate
 
 
 def parse(text: str) -> Expression:
