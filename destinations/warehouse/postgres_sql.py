@@ -4,25 +4,30 @@
 every event in Python (``rows_of``, ``plan_table``) and ``COPY``s the flat rows.
 :class:`PostgresSqlWarehouse` ``COPY``s the events' own JSON (``Event.raw``) into a ``jsonb``
 staging table, once per event, and builds every table's rows from it with one
-``INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING`` per table. Python decodes each event only to
-take its shape; naming, types and DDL are worked out per distinct shape
-(:mod:`destinations.warehouse.postgres_layout`). Per schema (source), inside the load's one
-transaction:
+``INSERT ... SELECT`` per table. Python decodes each event only to take its shape; naming, types
+and DDL are worked out per distinct shape (:mod:`destinations.warehouse.postgres_layout`). Per
+schema (source), inside the load's one transaction:
 
-1. take the advisory lock of every table the share touches, in sorted order, and read their
+1. **stage**: ``COPY`` (CSV) the events' JSON, in parts of 1,000 events: Python takes the shapes
+   of a part (in a thread) while the server parses the part before it. Arrays (and objects past
+   the depth limit) are stored as orjson writes them, so Python stages their text beside the JSON;
+2. take the advisory lock of every table the share touches, in sorted order, and read their
    columns under it (as the Python path does);
-2. plan each table: its columns, each column's JSON path and the kinds of value it gets; types
-   widen by the rules of ``plan.plan_table``;
-3. DDL (``CREATE TABLE``, one ``ALTER TABLE`` per table), the staging ``COPY``, the inserts.
-   ``users`` rows (identify) are merged and upserted by the Python path, in the same transaction.
+3. plan each table: its columns, the JSON path (or paths, in ``rows_of``'s precedence) filling
+   each, the kinds of value it gets; types widen by the rules of ``plan.plan_table``;
+4. DDL (``CREATE TABLE``, one ``ALTER TABLE`` per table), then the inserts: plain ``INSERT``s in a
+   savepoint while no id repeats (``ON CONFLICT`` costs the server some 2 us a row); a share that
+   meets an id already loaded is rolled back to the savepoint and inserted again with
+   ``ON CONFLICT (id) DO NOTHING``, as are the next shares for a while. ``users`` rows (identify)
+   are merged and upserted by the Python path, in the same transaction.
 
 What this path does not reproduce exactly sends the whole source's share of the batch through the
-Python path, in the same transaction, so the result is the Python path's: a string holding NUL, a
-messageId repeated in the batch or missing, a track without an event name, an array, an object
-past the depth limit, a key holding an object in some events and a value in others, keys that
-snake_case alike in different events, a common column with a value of the wrong type, a float
-going into a text column, a table at ``max_columns``. :attr:`PostgresSqlWarehouse.fallbacks`
-counts them by reason.
+Python path, in the same transaction, so the result is the Python path's: a string holding NUL
+(or raw JSON text with a line break), a messageId repeated in the batch or missing, a track
+without an event name, -0.0, a key holding an object in some events and a value in others, keys
+that snake_case alike set in varying order, a common column with a value of the wrong type, a
+float ``str()`` writes with an exponent going into a text column, a table at ``max_columns``.
+:attr:`PostgresSqlWarehouse.fallbacks` counts them by reason.
 """
 
 # ruff: noqa: S608 -- SQL is built from identifiers passed through quote() and literals passed
@@ -35,6 +40,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import asyncpg
 
 from destinations.warehouse.backend import LoadResult, quote
 from destinations.warehouse.plan import Conflict, TablePlan, merge_users, plan_table
@@ -59,6 +66,7 @@ from gateway.events import format_timestamp
 __all__ = ["PostgresSqlWarehouse"]
 
 _STAGE = "eventgate_raw"
+_CONFLICT_LOADS = 20  # shares inserted with ON CONFLICT after one met an id already loaded
 _PART_EVENTS = 1000  # events staged per part: shapes of one part are taken while the last loads
 _TYPE_NAMES = PostgresWarehouse.type_names
 _FIXED_OK = {  # the kinds a common column's value may have (else: the Python path's _unmapped)
@@ -101,6 +109,7 @@ class PostgresSqlWarehouse(PostgresWarehouse):
         super().__init__(dsn, max_columns=max_columns, pool_size=pool_size)
         self.fallbacks: dict[str, int] = {}
         """Shares of a batch loaded by the Python path, by reason."""
+        self._conflict_loads = 0  # shares still to insert with ON CONFLICT after one met an id
 
     async def load_events(self, events: Sequence[Event]) -> LoadResult:
         """Load ``events`` (one schema per source) in one transaction; errors as :meth:`load`."""
@@ -180,15 +189,31 @@ class PostgresSqlWarehouse(PostgresWarehouse):
             assert plan.ddl is not None
             changes.extend(await self._apply_ddl(conn, schema, plan.ddl, existing[table] or {}))
         stamp = _literal(format_timestamp(loaded_at))
-        rows = 0
-        for _, plan in sorted(plans.items()):
-            await conn.execute(_insert_sql(schema, plan, share, stamp))
-            rows += sum(1 for group in share.groups if group in plan.groups)
+        ordered = [plans[table] for table in sorted(plans)]
+        await self._insert_all(conn, schema, ordered, share, stamp)
+        rows = sum(1 for plan in plans.values() for group in share.groups if group in plan.groups)
         await conn.execute(f"DROP TABLE pg_temp.{_STAGE}")
         result = LoadResult(rows=rows, unmapped_values=0, schema_changes=changes)
         if not users:
             return result
         return combined([result, await self._load_users(conn, schema, share, loaded_at)])
+
+    async def _insert_all(
+        self, conn: Any, schema: str, plans: Sequence[_TablePlan], share: Share, stamp: str
+    ) -> None:
+        """Insert every table's rows; plain ``INSERT`` while no id repeats (see the module)."""
+        if not self._conflict_loads:
+            try:
+                async with conn.transaction():  # a savepoint: a repeated id undoes only this
+                    for plan in plans:
+                        await conn.execute(_insert_sql(schema, plan, share, stamp, conflict=False))
+            except asyncpg.UniqueViolationError:
+                self._conflict_loads = _CONFLICT_LOADS
+            else:
+                return
+        self._conflict_loads -= 1
+        for plan in plans:
+            await conn.execute(_insert_sql(schema, plan, share, stamp, conflict=True))
 
     async def _load_users(
         self, conn: Any, schema: str, share: Share, loaded_at: datetime
@@ -350,7 +375,7 @@ def _staged(share: Share, events: Sequence[Event]) -> bytes | None:
                      for event, group, texts in rows])  # fmt: skip
 
 
-def _insert_sql(schema: str, plan: _TablePlan, share: Share, stamp: str) -> str:
+def _insert_sql(schema: str, plan: _TablePlan, share: Share, stamp: str, *, conflict: bool) -> str:
     names = [*plan.columns, "uuid_ts"]
     values = [
         _first(column, plan.types[name], share.arrays) for name, column in plan.columns.items()
@@ -361,7 +386,8 @@ def _insert_sql(schema: str, plan: _TablePlan, share: Share, stamp: str) -> str:
         where = f" WHERE g IN ({', '.join(map(str, plan.groups))})"
     return (
         f"INSERT INTO {quote(schema)}.{quote(plan.table)} ({', '.join(map(quote, names))}) "
-        f"SELECT {', '.join(values)} FROM pg_temp.{_STAGE}{where} ON CONFLICT (id) DO NOTHING"
+        f"SELECT {', '.join(values)} FROM pg_temp.{_STAGE}{where}"
+        + (" ON CONFLICT (id) DO NOTHING" if conflict else "")
     )
 
 

@@ -309,3 +309,21 @@ async def test_a_timestamp_postgresql_refuses_fails_the_load_whole(
         assert await warehouse.columns("web", "new_event") is None
     finally:
         await warehouse.close()
+
+
+async def test_a_replayed_share_is_inserted_again_with_on_conflict(postgres_dsn: str) -> None:
+    """A share meeting ids already loaded is redone with ON CONFLICT: only the new rows land."""
+    warehouse = PostgresSqlWarehouse(postgres_dsn, max_columns=1000)
+    await warehouse.open()
+    try:
+        await warehouse.load_events([make_event(1), make_event(2)])
+        result = await warehouse.load_events([make_event(2), make_event(3)])
+        assert result.rows == 4  # offered, as the Python path counts them
+        rows = await warehouse.fetch("SELECT id FROM web.order_completed ORDER BY id")
+        assert rows == [("web-00000001",), ("web-00000002",), ("web-00000003",)]
+        assert await warehouse.fetch("SELECT count(*) FROM web.tracks") == [(3,)]
+        await warehouse.load_events([make_event(4)])  # ON CONFLICT for a while: still loads
+        assert await warehouse.fetch("SELECT count(*) FROM web.tracks") == [(4,)]
+        assert warehouse.fallbacks == {}
+    finally:
+        await warehouse.close()
