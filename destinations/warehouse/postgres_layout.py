@@ -156,8 +156,8 @@ _cache: dict[Any, Layout] = {}
 def layout_of(message: Mapping[str, Any]) -> Layout:
     """The layout of ``message``'s shape, from the cache or worked out now."""
     kind = message.get("type")
-    name = message.get("event") if kind == "track" else None
-    shape = (kind, name, *[(key, _shape(value)) for key, value in message.items() if key in _KEPT])
+    # The whole message's shape (keys rows_of ignores too: one walk is cheaper than a filter).
+    shape = (kind, message.get("event") if kind == "track" else None, _shape(message))
     layout = _cache.get(shape)
     if layout is None:
         if len(_cache) >= _MAX_LAYOUTS:
@@ -167,32 +167,38 @@ def layout_of(message: Mapping[str, Any]) -> Layout:
 
 
 _FIELDS = (*_TOP_FIELDS, *_ROOTS)
-_KEPT = frozenset(_FIELDS)
 
 
-def _shape(value: Any) -> Any:
-    """``value``'s kind, or for an object a tuple of its keys and their shapes."""
-    kind = type(value)
-    if kind is dict:
-        out: list[Any] = []
-        for key, item in value.items():
-            item_kind = type(item)
-            # Leaves inline: this loop runs for every value of every event.
-            if item_kind is str:
-                code = STAMP if len(item) >= 16 and item[4] == "-" and _stamp(item) else STRING
-            elif item_kind is dict:
-                code = _shape(item)
-            else:
-                code = _leaf_kind(item)
-            out.append(key)
-            out.append(code)
-        return tuple(out)
-    if kind is str:
+def _shape(value: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The keys of the object ``value``, each followed by its value's kind or shape."""
+    out: list[Any] = []
+    append = out.append
+    # Leaves inline, the common kinds first: this loop runs for every value of every event.
+    for key, item in value.items():
+        append(key)
+        kind = type(item)
+        if kind is str:
+            append(STAMP if len(item) >= 16 and item[4] == "-" and _stamp(item) else STRING)
+        elif kind is dict:
+            append(_shape(item))
+        elif kind is bool:
+            append(BOOL)
+        elif kind is float and 1e-4 <= abs(item) < 1e16:
+            append(FLOAT)
+        else:
+            append(_leaf_kind(item))
+    return tuple(out)
+
+
+def _kind(value: Any) -> str:
+    """The kind of ``value``, not an object."""
+    if isinstance(value, str):
         return STAMP if len(value) >= 16 and value[4] == "-" and _stamp(value) else STRING
     return _leaf_kind(value)
 
 
 def _leaf_kind(value: Any) -> str:
+    """The kind of ``value``, neither a string nor an object."""
     kind = type(value)
     if kind is bool:
         return BOOL
@@ -291,4 +297,8 @@ def _skeleton(
     if value is None:
         return None
     leaves.add(path)
-    return Leaf(path, _shape(value))
+    if isinstance(value, str):
+        return Leaf(
+            path, STAMP if len(value) >= 16 and value[4] == "-" and _stamp(value) else STRING
+        )
+    return Leaf(path, _leaf_kind(value))
