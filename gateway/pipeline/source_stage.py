@@ -54,6 +54,7 @@ class SourceStage:
         self.plan = plan
         self.options = options or ProtocolsOptions()
         self.transformations = transformations
+        self._plan_rule = f"tracking_plan:{plan.name}" if plan is not None else ""
         self.has_rules = plan is not None or transformations is not None
         """Whether anything but the suppression list applies (else it can be skipped)."""
 
@@ -85,13 +86,13 @@ class SourceStage:
         out: list[dict[str, Any]] = []
         if self.plan is not None:
             checked = self.plan.apply(message, self.options, source=self.source)
-            rule = f"tracking_plan:{self.plan.name}"
-            self._note_violations(message, checked.violations, result)
+            if checked.violations:
+                self._note_violations(message, checked.violations, result)
             out.extend(checked.extra_messages)
             if checked.omitted:
-                result.counts[rule, "omitted"] += len(checked.omitted)
+                result.counts[self._plan_rule, "omitted"] += len(checked.omitted)
             if checked.message is None:
-                result.counts[rule, "blocked"] += 1
+                result.counts[self._plan_rule, "blocked"] += 1
                 return out
             message = checked.message
         if self.transformations is not None:

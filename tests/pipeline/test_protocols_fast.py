@@ -41,6 +41,14 @@ PROPERTIES = st.dictionaries(
     VALUES,
 )
 
+OPTIONS = st.builds(
+    ProtocolsOptions,
+    unplanned_events=st.sampled_from(["allow", "block"]),
+    unplanned_properties=st.sampled_from(["allow", "omit"]),
+    violations=st.sampled_from(["allow", "omit", "block"]),
+    forward_violations=st.booleans(),
+)
+
 
 def _plans() -> tuple[TrackingPlan, TrackingPlan]:
     config = TrackingPlanConfig.model_validate({"name": "p", "track": {"Buy": SCHEMA}})
@@ -65,9 +73,22 @@ def test_fast_path_is_in_use() -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(properties=PROPERTIES)
-def test_fast_and_slow_agree(properties: dict[str, Any]) -> None:
-    """For any properties, the plan with the fast path finds exactly what jsonschema finds."""
+@given(properties=PROPERTIES, options=OPTIONS)
+def test_fast_and_slow_agree(properties: dict[str, Any], options: ProtocolsOptions) -> None:
+    """For any properties and options, the plan with the fast path (and the quick return for a
+    planned, valid message) finds exactly what jsonschema finds."""
     message = {"type": "track", "event": "Buy", "messageId": "m", "properties": properties}
-    options = ProtocolsOptions(violations="allow")
+    message["timestamp"] = "2026-01-01T00:00:00.000Z"  # forwarded violations copy it, not now()
     assert FAST.apply(message, options, source="web") == SLOW.apply(message, options, source="web")
+
+
+def test_a_valid_message_with_an_unplanned_key_goes_the_long_way() -> None:
+    """An undeclared key in otherwise valid properties is still found as unplanned."""
+    message = {"type": "track", "event": "Buy", "messageId": "m", "timestamp": "t"}
+    message["properties"] = {"order_id": "o-1", "x": 1}
+    options = ProtocolsOptions(unplanned_properties="omit")
+
+    result = FAST.apply(message, options, source="web")
+
+    assert result == SLOW.apply(message, options, source="web")
+    assert result.omitted == ("properties.x",)
