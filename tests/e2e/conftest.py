@@ -18,6 +18,9 @@ import yaml
 
 from tests.conftest import API_KEY, WRITE_KEY
 
+# EVENTGATE_TEST_LOG_LEVEL=info keeps the gateways' info logs (in <tmp>/gateway-<n>.log).
+_LOG_LEVEL = os.environ.get("EVENTGATE_TEST_LOG_LEVEL", "warning")
+
 
 def free_port() -> int:
     """A port nothing listens on right now."""
@@ -73,7 +76,7 @@ class Gateway:
                 [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "EVENTGATE_LOG_LEVEL": os.environ.get("EVENTGATE_TEST_LOG_LEVEL", "warning")},
+                env={**os.environ, "EVENTGATE_LOG_LEVEL": _LOG_LEVEL},
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -132,7 +132,9 @@ def delivered_by(gateway: Gateway) -> float:
 
     with urllib.request.urlopen(f"{gateway.url}/metrics", timeout=5) as response:
         text = response.read().decode()
-    found = re.findall(r'^eventgate_events_delivered_total\{destination="hook"\} (\S+)$', text, re.M)
+    found = re.findall(
+        r'^eventgate_events_delivered_total\{destination="hook"\} (\S+)$', text, re.M
+    )
     return sum(float(v) for v in found)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,9 +89,7 @@ async def test_the_cli_reads_jetstream_dead_letters(
     assert "2 dead letter(s)" in out.err
 
 
-def test_serve_exits_clearly_when_jetstream_is_unreachable(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_serve_exits_clearly_when_jetstream_is_unreachable(tmp_path: Path) -> None:
     """`eventgate serve` on a JetStream nobody listens on exits 1 naming the servers."""
     url = f"nats://127.0.0.1:{free_port()}"
     config = {
@@ -103,5 +103,13 @@ def test_serve_exits_clearly_when_jetstream_is_unreachable(
     }
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert main(["serve", "--config", str(path)]) == 1
-    assert f"JetStream at {url} cannot be reached" in capsys.readouterr().err
+    # A process of its own: serve switches Prometheus into multiprocess mode for its process.
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"JetStream at {url} cannot be reached" in done.stderr
