@@ -68,10 +68,12 @@ class SourceStage:
             message = event.message if event.message is not None else orjson.loads(event.body)
             kept = self._one(message, suppressed, result)
             for out in kept:
-                body = event.body if out is message else orjson.dumps(out)
+                if out is message:  # unchanged: store the event as it came
+                    result.events.append(event)
+                    continue
                 message_id = str(out.get("messageId", event.message_id))
                 result.events.append(
-                    NormalizedEvent(self.source, message_id, event.received_at, body)
+                    NormalizedEvent(self.source, message_id, event.received_at, orjson.dumps(out))
                 )
         return result
 
