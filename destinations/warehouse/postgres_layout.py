@@ -25,7 +25,7 @@ import orjson
 from destinations.warehouse.schema import _MAX_DEPTH, _TOP_LEVEL, ColumnType, rows_of, type_of
 from gateway.destination import Event
 
-__all__ = ["KIND_TYPES", "SLUG", "Layout", "Leaf", "Share", "layout_of"]
+__all__ = ["KIND_TYPES", "SLUG", "STAGED_STAMPS", "Layout", "Leaf", "Share", "layout_of"]
 
 # Kinds of values, as shapes spell them.
 STRING, STAMP, BOOL, INT, BIG_INT, FLOAT, ODD_FLOAT, ARRAY, DEEP, NULL, OTHER = "stbinfgad0?"
@@ -45,6 +45,9 @@ KIND_TYPES: Mapping[str, ColumnType] = {
 """The column type each kind of value needs (``type_of``'s answer for it)."""
 
 _INT64 = range(-(2**63), 2**63)
+STAGED_STAMPS = ("receivedAt", "sentAt", "timestamp", "originalTimestamp")
+"""The common timestamps, staged as ``timestamptz`` so PostgreSQL parses each once per event,
+not once per row (a track makes two): parsing is a fifth of the server's work per row."""
 _TOP_FIELDS = (*(key for key, _ in _TOP_LEVEL), "name", "category", "groupId", "previousId")
 _ROOTS = ("context", "properties", "traits")
 _MAX_LAYOUTS = 4096  # distinct shapes kept; beyond, the cache starts afresh
@@ -95,6 +98,8 @@ class Share:
     """Paths of the arrays the share stores, each with its number (its key in ``texts``)."""
     texts: list[bytes | None] = field(default_factory=list)
     """Per event, a JSON object of the JSON text of each of its arrays, by number, or ``None``."""
+    stamps: list[bytes] = field(default_factory=list)
+    """Per event, its :data:`STAGED_STAMPS` (the timestamps, or empty), separated by \\x1f."""
     reason: str | None = None
     """Why this share goes through the Python path, if it does."""
     _index: dict[int, int] = field(default_factory=dict)  # id(layout) -> its index in layouts
@@ -133,6 +138,10 @@ class Share:
             self.events.append(event)
             self.groups.append(at)
             self.texts.append(self._texts(message, layout.arrays) if layout.arrays else None)
+            stamps = [message.get(key) for key in STAGED_STAMPS]
+            self.stamps.append(
+                b"\x1f".join([v.encode() if type(v) is str and _stamp(v) else b"" for v in stamps])
+            )
         if len(self._ids) != len(self.events) or None in self._ids:
             self.reason = "a messageId repeated in the batch or missing"
             return False

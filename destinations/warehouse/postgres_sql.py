@@ -56,6 +56,7 @@ from destinations.warehouse.postgres_layout import (
     KIND_TYPES,
     ODD_FLOAT,
     SLUG,
+    STAGED_STAMPS,
     STAMP,
     Share,
 )
@@ -150,8 +151,8 @@ class PostgresSqlWarehouse(PostgresWarehouse):
         """
         share = Share()
         await conn.execute(
-            f"CREATE TEMP TABLE {_STAGE} (g integer, slug text, raw jsonb, texts jsonb) "
-            "ON COMMIT DROP"
+            f"CREATE TEMP TABLE {_STAGE} (g integer, slug text, raw jsonb, texts jsonb, "
+            f"{', '.join(f's{n} timestamptz' for n in range(len(STAGED_STAMPS)))}) ON COMMIT DROP"
         )
 
         async def parts() -> AsyncIterator[bytes]:
@@ -361,7 +362,8 @@ def _plan_types(
 def _staged(share: Share, events: Sequence[Event]) -> bytes | None:
     """``events`` added to ``share``, as staging rows (CSV); ``None`` once it has a ``reason``.
 
-    A row: the layout's number, the track's table name, the JSON, the texts of its arrays. No
+    A row: the layout's number, the track's table name, the JSON, the texts of its arrays, its
+    common timestamps. No
     quoting is needed: ``Share.add`` made sure no field holds \x1e, \x1f or a line break; an
     empty field is NULL.
     """
@@ -370,9 +372,10 @@ def _staged(share: Share, events: Sequence[Event]) -> bytes | None:
         return None
     slugs = [b"%d\x1f%b\x1f" % (group, (layout.slug or "").encode())
              for group, layout in enumerate(share.layouts)]  # fmt: skip
-    rows = zip(share.events[start:], share.groups[start:], share.texts[start:], strict=True)
-    return b"".join([b"%b%b\x1f%b\n" % (slugs[group], event.raw, texts or b"")
-                     for event, group, texts in rows])  # fmt: skip
+    rows = zip(share.events[start:], share.groups[start:], share.texts[start:],
+               share.stamps[start:], strict=True)  # fmt: skip
+    return b"".join([b"%b%b\x1f%b\x1f%b\n" % (slugs[group], event.raw, texts or b"", stamps)
+                     for event, group, texts, stamps in rows])  # fmt: skip
 
 
 def _insert_sql(schema: str, plan: _TablePlan, share: Share, stamp: str, *, conflict: bool) -> str:
