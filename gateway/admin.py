@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -25,6 +25,7 @@ from gateway import dlq
 from gateway.config import GatewayConfig
 from gateway.console import add_console_routes
 from gateway.control import ControlStore
+from gateway.dead_letters import DeadLetterStore
 from gateway.dlq import DeadLetterFilter
 from gateway.errors import RequestRejectedError
 from gateway.ingress.body import parse_json, read_body
@@ -82,7 +83,8 @@ def add_admin_routes(
     plugin_manager: pluggy.PluginManager | None = None,
 ) -> None:
     """Register the admin API (``/api/...`` and ``/admin/...``) and the console's pages."""
-    api = _AdminApi(config, config.storage.data_dir, state.control)
+    letters = DeadLetterStore.of(config)
+    api = _AdminApi(config, config.storage.data_dir, state.control, letters)
     routes: list[tuple[str, str, _Handler]] = [
         ("GET", "/dead-letters", api.list_letters),
         ("GET", "/dead-letters/{key}", api.show),
@@ -109,7 +111,13 @@ def add_admin_routes(
         from gateway.app import PLUGINS_KEY  # noqa: PLC0415 - gateway.app imports this module
 
         plugin_manager = app.get(PLUGINS_KEY) or make_plugin_manager()
-    add_console_routes(app, config, state, plugin_manager, api.guard)
+    add_console_routes(app, config, state, plugin_manager, api.guard, letters=letters)
+
+    async def close_letters(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await letters.close()
+
+    app.cleanup_ctx.append(close_letters)
 
 
 class _Suppress(BaseModel):
@@ -128,7 +136,14 @@ class _Deletion(BaseModel):
 
 
 class _AdminApi:
-    def __init__(self, config: GatewayConfig, data_dir: Path, control: ControlStore) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        data_dir: Path,
+        control: ControlStore,
+        letters: DeadLetterStore,
+    ) -> None:
+        self._letters = letters
         self._destinations = {d.name for d in config.destinations}
         self._enabled = [d.name for d in config.destinations if d.enabled]
         self._configured_suppressions = sorted(config.privacy.suppressed_user_ids)
@@ -158,14 +173,14 @@ class _AdminApi:
             limit = min(int(request.query.get("limit", "100")), 1000)
         except ValueError:
             raise RequestRejectedError(400, "invalid_request", "limit must be a number") from None
-        rows = await asyncio.to_thread(dlq.list_letters, self._data_dir, match, limit)
+        rows = await self._letters.list_letters(match, limit)
         return json_response(
             200, {"deadLetters": [dlq.letter_json(r, with_body=False) for r in rows]}
         )
 
     async def show(self, request: web.Request) -> web.Response:
         """``GET /admin/dead-letters/{key}``: the letter with its request, response and event."""
-        row = await asyncio.to_thread(dlq.show, self._data_dir, request.match_info["key"])
+        row = await self._letters.show(request.match_info["key"])
         if row is None:
             raise RequestRejectedError(404, "not_found", "no such dead letter")
         return json_response(200, dlq.letter_json(row, with_body=True))
@@ -181,13 +196,13 @@ class _AdminApi:
     async def replay(self, request: web.Request) -> web.Response:
         """``POST /admin/dead-letters/replay`` with a JSON filter: re-enqueue the matches."""
         match = await self._body_filter(request)
-        count = await asyncio.to_thread(dlq.replay, self._data_dir, match)
+        count = await self._letters.replay(match)
         return json_response(200, {"replayed": count})
 
     async def purge(self, request: web.Request) -> web.Response:
         """``POST /admin/dead-letters/purge`` with a JSON filter: delete the matches."""
         match = await self._body_filter(request)
-        count = await asyncio.to_thread(dlq.purge, self._data_dir, match)
+        count = await self._letters.purge(match)
         return json_response(200, {"purged": count})
 
     async def suppressions(self, request: web.Request) -> web.Response:

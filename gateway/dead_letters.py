@@ -72,3 +72,21 @@ class DeadLetterStore:
         if self._storage is None:
             return await asyncio.to_thread(dlq.purge, self.data_dir, match)
         return await jetstream_dlq.purge(await self._js(), match)
+
+    async def count_by_destination(self) -> dict[str, int]:
+        """How many dead letters each destination has."""
+        if self._storage is None:
+            return await asyncio.to_thread(dlq.count_by_destination, self.data_dir)
+        return await jetstream_dlq.count_by_destination(await self._js())
+
+    async def replay_one(self, key: str) -> tuple[str, str] | None:
+        """Re-enqueue the dead letter ``key``; return its destination and event reference."""
+        if self._storage is None:
+            return await asyncio.to_thread(dlq.replay_one, self.data_dir, key)
+        return await jetstream_dlq.replay_one(await self._js(), key)
+
+    async def delivery_state(self, destination: str, ref: str) -> str | None:
+        """Where the event ``ref`` stands for ``destination`` (see :func:`dlq.delivery_state`)."""
+        if self._storage is None:
+            return await asyncio.to_thread(dlq.delivery_state, self.data_dir, destination, ref)
+        return await jetstream_dlq.delivery_state(await self._js(), destination, ref)

@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.console.api import ConsoleApi
 from gateway.console.openapi import openapi_document
+from gateway.dead_letters import DeadLetterStore
 from gateway.ingress.common import IngressState, json_errors
 
 __all__ = ["CONSOLE_KEY", "ConsoleApi", "add_console_routes"]
@@ -49,13 +50,15 @@ def add_console_routes(
     state: IngressState,
     plugin_manager: pluggy.PluginManager,
     guard: Callable[[_Handler], _Handler],
+    *,
+    letters: DeadLetterStore,
 ) -> None:
     """Register the console's pages and its ``/api/...`` routes (each behind ``guard``).
 
     Starts the ingest statistics with the app (a ``cleanup_ctx``) and ends the debugger's
     streams when the app shuts down.
     """
-    api = ConsoleApi(config, state, plugin_manager)
+    api = ConsoleApi(config, state, plugin_manager, letters)
     app[CONSOLE_KEY] = api
     routes: list[tuple[str, str, _Handler]] = [
         ("GET", "/api/overview", api.overview),

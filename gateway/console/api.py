@@ -21,7 +21,6 @@ import pluggy
 import structlog
 from aiohttp import web
 
-from gateway import dlq
 from gateway.config import GatewayConfig
 from gateway.console.config_view import destination_view, source_view
 from gateway.console.feed import (
@@ -33,6 +32,7 @@ from gateway.console.feed import (
     encode_position,
 )
 from gateway.console.ingest import IngestRecorder, ingest_overview
+from gateway.dead_letters import DeadLetterStore
 from gateway.errors import RequestRejectedError
 from gateway.ingress.common import IngressState, json_response
 from gateway.stats import delivery_report, delivery_trends
@@ -59,15 +59,21 @@ class ConsoleApi:
     """The handlers of ``/api/...`` (see :mod:`gateway.console.openapi` for the contract)."""
 
     def __init__(
-        self, config: GatewayConfig, state: IngressState, plugin_manager: pluggy.PluginManager
+        self,
+        config: GatewayConfig,
+        state: IngressState,
+        plugin_manager: pluggy.PluginManager,
+        letters: DeadLetterStore,
     ) -> None:
         self.config = config
+        self.letters = letters
         self.state = state
         self.plugin_manager = plugin_manager
         self.data_dir: Path = config.storage.data_dir
         self.sources = {s.name: s for s in config.sources}
         self.destinations = {d.name: d for d in config.destinations}
-        self.feed = EventFeed(self.data_dir)
+        jetstream = config.storage.jetstream if config.storage.backend == "jetstream" else None
+        self.feed = EventFeed(self.data_dir, jetstream)
         self.recorder = IngestRecorder(self.data_dir)
         self.stopping = asyncio.Event()
         self._streams = 0
@@ -202,7 +208,7 @@ class ConsoleApi:
 
     async def _destination_rows(self) -> list[dict[str, Any]]:
         gauges = self._gauges()
-        letters = await asyncio.to_thread(dlq.count_by_destination, self.data_dir)
+        letters = await self.letters.count_by_destination()
         rows = []
         for name, dest in self.destinations.items():
             report = await asyncio.to_thread(delivery_report, self.data_dir, name)
@@ -260,14 +266,14 @@ class ConsoleApi:
         """``GET /api/destinations/{name}/events/{ref}``: where one event stands for it."""
         name = self._destination(request)
         ref = request.match_info["ref"]
-        state = await asyncio.to_thread(dlq.delivery_state, self.data_dir, name, ref)
+        state = await self.letters.delivery_state(name, ref)
         if state is None:
             raise RequestRejectedError(404, "not_found", "no such event reference")
         return json_response(200, {"destination": name, "event": ref, "state": state})
 
     async def replay_one(self, request: web.Request) -> web.Response:
         """``POST /api/dead-letters/{key}/replay``: re-enqueue one dead letter."""
-        found = await asyncio.to_thread(dlq.replay_one, self.data_dir, request.match_info["key"])
+        found = await self.letters.replay_one(request.match_info["key"])
         if found is None:
             raise RequestRejectedError(404, "not_found", "no such dead letter")
         destination, ref = found

@@ -16,8 +16,10 @@ from typing import Any
 
 import orjson
 
+from gateway.config import JetStreamConfig
 from gateway.destination import Event
 from gateway.log.base import EventLog
+from gateway.log.jetstream import JetStreamStorage
 from gateway.log.sqlite import SqliteEventLog, shards_in
 
 __all__ = ["MAX_EVENTS", "EventFeed", "FeedEvent", "Position"]
@@ -87,17 +89,29 @@ def decode_position(text: str) -> Position | None:
 class EventFeed:
     """Reads the newest events of a source across every log shard (opened on first use)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, jetstream: JetStreamConfig | None = None) -> None:
         self.data_dir = data_dir
+        self.jetstream = jetstream
         self._open: dict[int, EventLog] = {}
         self._scanned_at = 0.0
         self._lock = asyncio.Lock()
 
     async def _logs(self) -> dict[int, EventLog]:
-        """Every log shard, opened for reading; new shards are noticed within a few seconds."""
+        """Every log shard (or JetStream partition), opened for reading; new shards are
+        noticed within a few seconds.
+
+        Raises:
+            StorageUnavailableError: JetStream cannot be reached.
+        """
         async with self._lock:
             now = time.monotonic()
-            if now - self._scanned_at >= _RESCAN_EVERY_S:
+            if self.jetstream is not None:
+                if not self._open:  # JetStream's partitions: a fixed number, all in one stream
+                    storage = JetStreamStorage(self.jetstream)
+                    for partition in storage.partitions():
+                        await partition.open()
+                        self._open[partition.partition] = partition
+            elif now - self._scanned_at >= _RESCAN_EVERY_S:
                 self._scanned_at = now
                 for shard in shards_in(self.data_dir):
                     if shard not in self._open:

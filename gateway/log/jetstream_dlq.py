@@ -12,13 +12,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import nats.js.errors
 import orjson
 
 from gateway.dlq import DeadLetterFilter, DeadLetterRow
 from gateway.log.base import PendingRetry
 from gateway.log.jetstream import JetStreamStorage, encode_retry, event_from_json, seq_of
 
-__all__ = ["count_letters", "list_letters", "purge", "replay", "show"]
+__all__ = [
+    "count_by_destination",
+    "count_letters",
+    "delivery_state",
+    "list_letters",
+    "purge",
+    "replay",
+    "replay_one",
+    "show",
+]
 
 _PAGE = 500
 
@@ -53,25 +63,80 @@ async def count_letters(storage: JetStreamStorage, destination: str | None = Non
 async def replay(storage: JetStreamStorage, match: DeadLetterFilter) -> int:
     """Re-enqueue the matching dead letters for their own destination; return how many."""
     now = time.time()
-    kv = storage.retries
-    assert kv is not None
-    js = storage.require_js()
     count = 0
     for row, record in await _matching(storage, match):
-        event = event_from_json(record["event"])
-        retry = PendingRetry(
-            destination=row.destination,
-            event=event,
-            attempts=0,
-            first_attempt_at=now,
-            next_attempt_at=now,
-            reason="replayed",
-        )
-        key = f"{row.destination}.{record.get('partition', 0)}.{event.seq}"
-        await storage.call(kv.put(key, encode_retry(retry)))
-        await storage.call(js.delete_msg(storage.dead_stream, int(row.key)))
+        await _replay(storage, row, record, now)
         count += 1
     return count
+
+
+async def _replay(
+    storage: JetStreamStorage, row: DeadLetterRow, record: dict[str, Any], now: float
+) -> None:
+    """Write the letter's event back to its partition's retries, due now; delete the letter."""
+    kv = storage.retries
+    assert kv is not None
+    event = event_from_json(record["event"])
+    retry = PendingRetry(
+        destination=row.destination,
+        event=event,
+        attempts=0,
+        first_attempt_at=now,
+        next_attempt_at=now,
+        reason="replayed",
+    )
+    key = f"{row.destination}.{record.get('partition', 0)}.{event.seq}"
+    await storage.call(kv.put(key, encode_retry(retry)))
+    await storage.call(storage.require_js().delete_msg(storage.dead_stream, int(row.key)))
+
+
+async def count_by_destination(storage: JetStreamStorage) -> dict[str, int]:
+    """How many dead letters each destination has."""
+    js = storage.require_js()
+    prefix = f"{storage.subjects}.dead."
+    info = await storage.call(js.stream_info(storage.dead_stream, subjects_filter=f"{prefix}>"))
+    return {s.removeprefix(prefix): n for s, n in (info.state.subjects or {}).items() if n}
+
+
+async def replay_one(storage: JetStreamStorage, key: str) -> tuple[str, str] | None:
+    """Re-enqueue the dead letter ``key``; return its destination and its event's reference
+    (``<partition>:<seq>``, for :func:`delivery_state`), or ``None`` if there is none."""
+    row = await show(storage, key)
+    if row is None:
+        return None
+    messages, _, _ = await storage.direct_batch(storage.dead_stream, {"seq": int(key), "batch": 1})
+    record = orjson.loads(messages[0].data)
+    await _replay(storage, row, record, time.time())
+    return row.destination, f"{record.get('partition', 0)}:{record['event']['seq']}"
+
+
+async def delivery_state(storage: JetStreamStorage, destination: str, ref: str) -> str | None:
+    """Where the event ``ref`` (``<partition>:<seq>``) stands for ``destination``.
+
+    ``dead_lettered``, ``retrying``, ``pending`` or ``done``, as :func:`gateway.dlq.delivery_state`
+    says for the embedded log; ``None`` when ``ref`` is not such a reference.
+    """
+    partition, _, number = ref.partition(":")
+    if not (partition.isdigit() and number.isdigit()):
+        return None
+    seq = int(number)
+    for _, record in await _matching(storage, DeadLetterFilter(destination=destination)):
+        if record["event"]["seq"] == seq and str(record.get("partition", 0)) == partition:
+            return "dead_lettered"
+    retries, cursors = storage.retries, storage.cursors
+    assert retries is not None
+    assert cursors is not None
+    try:
+        await storage.call(retries.get(f"{destination}.{partition}.{seq}"))
+    except nats.js.errors.KeyNotFoundError:
+        pass
+    else:
+        return "retrying"
+    try:
+        entry = await storage.call(cursors.get(f"{destination}.{partition}"))
+    except nats.js.errors.KeyNotFoundError:
+        return "pending"
+    return "done" if entry.value is not None and int(entry.value) >= seq else "pending"
 
 
 async def purge(storage: JetStreamStorage, match: DeadLetterFilter) -> int:

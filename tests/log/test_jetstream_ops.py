@@ -6,18 +6,24 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from gateway.cli import main
+from gateway.config import GatewayConfig
 from gateway.dlq import DeadLetterFilter
 from gateway.log import jetstream_dlq
 from gateway.log.base import DeadLetter
 from gateway.log.jetstream import JetStreamEventLog
+from tests.conftest import WRITE_KEY
 from tests.log.conformance import events
-from tests.log.conftest import OpenJetStreamLog
+from tests.log.conftest import OpenJetStreamLog, js_config, new_prefix
 from tests.nats import NatsServer, free_port
 
 
@@ -113,3 +119,70 @@ def test_serve_exits_clearly_when_jetstream_is_unreachable(tmp_path: Path) -> No
     )
     assert done.returncode == 1, done.stderr
     assert f"JetStream at {url} cannot be reached" in done.stderr
+
+
+async def test_admin_api_and_debugger_on_jetstream(
+    nats_server: NatsServer,
+    make_config: Callable[..., GatewayConfig],
+    make_client: Callable[..., Any],
+) -> None:
+    """On JetStream the debugger shows events, the admin API lists a dead letter from the
+    stream, and replaying it with the console's button delivers it."""
+    refusing = True
+    received: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        if refusing:
+            return web.Response(status=400, text="not yet")
+        received.append(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    server = TestServer(receiver, host="127.0.0.1")
+    await server.start_server()
+    config = make_config(
+        server={"port": 0, "admin_token": "t" * 24},
+        storage={
+            "backend": "jetstream",
+            "jetstream": js_config(nats_server.url, stream_prefix=new_prefix("A")).model_dump(),
+        },
+        destinations=[
+            {
+                "name": "hook",
+                "type": "webhook",
+                "batch": {"max_events": 10, "max_age_s": 0.01},
+                "settings": {"url": str(server.make_url("/hook"))},
+            }
+        ],
+    )
+    client = await make_client(config)
+    auth = {"Authorization": "Bearer " + "t" * 24}
+    event = {"type": "track", "event": "Signed Up", "userId": "u1", "messageId": "dl-1"}
+    answer = await client.post("/v1/track", json={**event, "writeKey": WRITE_KEY})
+    assert answer.status == 200
+
+    debugger = await (await client.get("/api/sources/web/events", headers=auth)).json()
+    assert [e["messageId"] for e in debugger["events"]] == ["dl-1"]
+
+    deadline = time.monotonic() + 20
+    while not (
+        letters := (await (await client.get("/api/dead-letters", headers=auth)).json())[
+            "deadLetters"
+        ]
+    ):
+        assert time.monotonic() < deadline, "never dead-lettered"
+        await asyncio.sleep(0.05)
+    [letter] = letters
+    assert (letter["messageId"], letter["destination"]) == ("dl-1", "hook")
+
+    refusing = False
+    replayed = await client.post(f"/api/dead-letters/{letter['key']}/replay", headers=auth)
+    assert replayed.status == 200
+    ref = (await replayed.json())["event"]
+    while received != ["dl-1"]:
+        assert time.monotonic() < deadline, "the replay was not delivered"
+        await asyncio.sleep(0.05)
+    state = await client.get(f"/api/destinations/hook/events/{ref}", headers=auth)
+    assert (await state.json())["state"] in {"retrying", "done"}  # the cursor save may lag
+    await server.close()
