@@ -35,6 +35,7 @@ from gateway.console.ingest import IngestRecorder, ingest_overview
 from gateway.dead_letters import DeadLetterStore
 from gateway.errors import RequestRejectedError
 from gateway.ingress.common import IngressState, json_response
+from gateway.log.partitioned import PartitionedLog
 from gateway.stats import delivery_report, delivery_trends
 
 __all__ = ["ConsoleApi"]
@@ -291,7 +292,10 @@ class ConsoleApi:
         503 when events cannot be stored; 200 ``degraded`` when a destination's circuit is open
         (events are still accepted and wait in the log).
         """
-        storage = await asyncio.to_thread(self._storage_check)
+        if isinstance(self.state.log, PartitionedLog):
+            storage = self._jetstream_check(self.state.log)
+        else:
+            storage = await asyncio.to_thread(self._storage_check)
         gauges = self._gauges()
         circuits = {
             name: "open" if gauges.get(name, {}).get("circuitOpen") else "closed"
@@ -305,6 +309,20 @@ class ConsoleApi:
         else:
             status, code = "ready", 200
         return json_response(code, {"status": status, "storage": storage, "circuits": circuits})
+
+    def _jetstream_check(self, event_log: PartitionedLog) -> dict[str, Any]:
+        """JetStream: connected, and the events stream under its ``max_bytes_mb``."""
+        limit_mb = self.config.storage.jetstream.max_bytes_mb
+        quota = None if limit_mb is None else int(limit_mb * 1024 * 1024)
+        used = event_log.used_bytes()
+        connected = event_log.storage.is_connected
+        return {
+            "writable": connected,
+            "error": None if connected else "JetStream is not connected",
+            "usedBytes": used,
+            "quotaBytes": quota,
+            "full": quota is not None and used >= quota,
+        }
 
     def _storage_check(self) -> dict[str, Any]:
         probe = self.data_dir / f".ready-{os.getpid()}"

@@ -162,6 +162,8 @@ async def test_admin_api_and_debugger_on_jetstream(
     answer = await client.post("/v1/track", json={**event, "writeKey": WRITE_KEY})
     assert answer.status == 200
 
+    ready = await (await client.get("/api/health/ready", headers=auth)).json()
+    assert (ready["status"], ready["storage"]["writable"]) == ("ready", True)
     debugger = await (await client.get("/api/sources/web/events", headers=auth)).json()
     assert [e["messageId"] for e in debugger["events"]] == ["dl-1"]
 
