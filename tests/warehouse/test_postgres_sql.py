@@ -14,6 +14,7 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import orjson
 import pytest
 
 from destinations.warehouse import WarehouseDestination, WarehouseSettings, _tables
@@ -193,6 +194,12 @@ async def test_differential_varied_batches(both: Both) -> None:
     assert both.sql.fallbacks == {}
 
 
+def _pretty(event: Event) -> Event:
+    """``event`` with its JSON indented (line breaks between tokens), as a client might send."""
+    raw = orjson.dumps(event.message, option=orjson.OPT_INDENT_2)
+    return Event(seq=event.seq, source=event.source, message_id=event.message_id, raw=raw)
+
+
 async def test_differential_fallbacks(both: Both) -> None:
     """What the SQL path leaves to the Python path still loads exactly as the Python path."""
     rng = random.Random(7)
@@ -215,7 +222,8 @@ async def test_differential_fallbacks(both: Both) -> None:
         "-0.0, or a value that is not JSON": [make_event(8, properties={"n": -0.0})],
         "a common column with a value of the wrong type": [make_event(9, sentAt="yesterday")],
         "a string holding NUL, or JSON text with line breaks": [
-            make_event(10, userId="u\x00x", properties={"bad": "a\x00b"})
+            make_event(10, userId="u\x00x", properties={"bad": "a\x00b"}),
+            _pretty(make_event(12, properties={"x": 1})),
         ],
     }
     for reason, batch in cases.items():
