@@ -165,12 +165,12 @@ class _Writer:
 
     def equal(self, left: Node, right: Node) -> str:
         """Strict equality; fast when one side is a literal and the other has its exact type."""
-        for this, other, literal_first in ((left, right, False), (right, left, True)):
+        for this, other, literal_on_left in ((left, right, True), (right, left, False)):
             if not isinstance(this, Literal) or isinstance(other, Literal):
                 continue
             value, t = this.value, self.temp()
             c, code = self.constant(value), self.expression(other)
-            slow = f"_same({c}, {t})" if literal_first else f"_same({t}, {c})"
+            slow = f"_same({c}, {t})" if literal_on_left else f"_same({t}, {c})"
             if value is None:
                 return f"(True if ({t} := {code}) is None else {slow})"
             if isinstance(value, bool):
