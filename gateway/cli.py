@@ -222,6 +222,7 @@ def _dlq_target(args: argparse.Namespace) -> tuple[DeadLetterStore, DeadLetterFi
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     """List, show, replay or purge dead letters."""
+    configure_logging("warning")  # stdout is the listing (JSON lines with --json); logs: stderr
     target = _dlq_target(args)
     if target is None:
         return 2

@@ -21,6 +21,7 @@ from typing import Any
 import pluggy
 import structlog
 
+from gateway import failpoints
 from gateway.circuit import CircuitBreaker
 from gateway.config import DestinationConfig
 from gateway.destination import Destination, Event, deliver
@@ -367,7 +368,9 @@ class DestinationWorker:
                 return True
         if self.circuit is not None and not self.circuit.allows():
             return False
+        failpoints.hit_soon("worker.retrying" if previous is not None else "worker.delivering")
         outcomes = await self._send(events)
+        failpoints.hit("worker.delivered")
         now = time.time()
         latencies = [
             max(now - event.received_at, 0.0)

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import structlog
 
+from gateway import failpoints
 from gateway.errors import StorageUnavailableError
 from gateway.events import NormalizedEvent
 from gateway.log.jetstream import JetStreamEventLog, JetStreamStorage
@@ -99,9 +100,6 @@ class PartitionedLog:
         groups: dict[int, list[NormalizedEvent]] = {}
         for event in events:
             groups.setdefault(partition_of(event, count), []).append(event)
-        if len(groups) == 1:
-            [(number, group)] = groups.items()
-            return await self.partitions[number].append(group)
         results = await asyncio.gather(
             *(self.partitions[n].append(group) for n, group in groups.items()),
             return_exceptions=True,
@@ -109,6 +107,7 @@ class PartitionedLog:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        failpoints.hit("log.append")
         return sum(r for r in results if isinstance(r, int))
 
     def last_seq(self) -> int:

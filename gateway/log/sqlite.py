@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 
+from gateway import failpoints
 from gateway.destination import Event
 from gateway.errors import StorageFullError, StorageUnavailableError
 from gateway.events import NormalizedEvent
@@ -487,6 +488,7 @@ class SqliteEventLog:
                     results.append((write, None, StorageFullError("the disk quota is reached")))
                 else:
                     results.append((write, duplicates.get(id(write), 0), None))
+            failpoints.hit("log.commit")
             conn.execute("COMMIT")
             self.commits += 1
         except Exception as exc:  # noqa: BLE001 - every caller must be answered

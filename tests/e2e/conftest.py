@@ -47,6 +47,8 @@ class Gateway:
         self.config_path = root / "gateway.yaml"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.env: dict[str, str] = {}
+        """Extra environment of the next start (failpoints, for instance)."""
         config = {
             "server": {
                 "host": "127.0.0.1",
@@ -76,7 +78,7 @@ class Gateway:
                 [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "EVENTGATE_LOG_LEVEL": _LOG_LEVEL},
+                env={**os.environ, "EVENTGATE_LOG_LEVEL": _LOG_LEVEL, **self.env},
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
