@@ -25,7 +25,7 @@ import random as _random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -133,13 +133,14 @@ class DestinationFilterConfig(BaseModel):
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class FilterResult:
+class FilterResult(NamedTuple):
     """What the filters made of one message.
 
     ``message`` is None unless ``outcome`` is ``"passed"``; ``rule`` names the filter that
     dropped it; ``changed`` says the message returned is an edited copy, not the input;
     ``error`` says why a ``"filter_error"`` happened (never the payload).
+
+    Immutable, built once per event: a NamedTuple costs a third of a frozen dataclass to build.
     """
 
     message: Message | None

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import fastjsonschema
 from jsonschema import Draft7Validator  # type: ignore[import-untyped]
@@ -93,12 +93,13 @@ class Violation:
     description: str
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolsResult:
+class ProtocolsResult(NamedTuple):
     """The outcome of :meth:`TrackingPlan.apply`.
 
     ``message`` is None when blocked (``blocked_reason`` is ``unplanned_event`` or ``violation``);
     ``omitted`` lists the dotted paths removed; ``extra_messages`` are forwarded violations.
+
+    Immutable, built once per event: a NamedTuple costs a third of a frozen dataclass to build.
     """
 
     message: dict[str, Any] | None

@@ -35,7 +35,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -124,13 +124,14 @@ def _relative(field: str, paths: Iterable[str]) -> None:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class TransformResult:
+class TransformResult(NamedTuple):
     """What the transformations made of one message.
 
     ``message`` is None when the event was dropped; ``rule`` names the transformation that
     dropped it; ``applied`` names those that ran to completion, in order; ``error`` says why a
     ``"transform_error"`` happened (never the payload).
+
+    Immutable, built once per event: a NamedTuple costs a third of a frozen dataclass to build.
     """
 
     message: Message | None
