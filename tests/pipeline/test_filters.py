@@ -523,7 +523,7 @@ def edit_a_deep_copy(message: dict[str, Any], configs: list[dict[str, Any]]) -> 
     return result
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(
     message=EDIT_MESSAGES,
     configs=st.lists(st.sampled_from(EDITS), min_size=1, unique_by=lambda c: c["name"]),

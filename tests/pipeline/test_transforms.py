@@ -496,7 +496,7 @@ COPY_ON_WRITE = [  # no python transform and no computed values: these copy what
 ]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(
     message=SHAPED,
     configs=st.lists(
