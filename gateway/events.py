@@ -216,11 +216,22 @@ def normalize(
     if integrations:
         out["integrations"] = integrations
 
+    try:
+        body = orjson.dumps(out)
+    except orjson.JSONEncodeError as exc:
+        # orjson reads 1024 levels of nesting but writes only 254, and a client IP taken from a
+        # proxy header may hold bytes that are not UTF-8: either would otherwise be a 500.
+        problem = (
+            "nested too deeply" if "ecursion" in str(exc) else "holding text that is not UTF-8"
+        )
+        raise EventRejectedError(
+            "invalid_event", f"the event cannot be stored: {problem}"
+        ) from None
     return NormalizedEvent(
         source=request.source,
         message_id=message_id,
         received_at=request.received_at_unix,
-        body=orjson.dumps(out),
+        body=body,
         # Kept only for the source stage: holding every dict until the append is done cost
         # batch ingest a few percent.
         message=out if request.keep_messages else None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -26,7 +25,9 @@ class KeyRing:
 
     def source_for(self, key: str) -> str | None:
         """The source that owns ``key``, or ``None``."""
-        raw = key.encode("utf-8", "surrogateescape")
+        # "surrogatepass": any str encodes (a configured key never holds surrogates, so a
+        # header's undecodable bytes still match nothing).
+        raw = key.encode("utf-8", "surrogatepass")
         entry = self._by_digest.get(hashlib.sha256(raw).digest())
         if entry is None or not hmac.compare_digest(entry[0], raw):
             return None
@@ -46,7 +47,7 @@ def basic_auth_key(header: str) -> str | None:
         return None
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 once decoded
         return ""
     return decoded.partition(":")[0]
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.errors import EventRejectedError, RequestRejectedError
-from gateway.events import NormalizedEvent, normalize
+from gateway.events import NormalizedEvent, format_timestamp, normalize
 from gateway.ingress.auth import basic_auth_key
 from gateway.ingress.body import parse_json, read_body
 from gateway.ingress.common import CORS_HEADERS, IngressState
@@ -35,6 +35,32 @@ SINGLE_ROUTES: dict[str, str] = {
     "a": "alias",
 }
 BATCH_ROUTES = ("/v1/batch", "/v1/b", "/v1/import", "/v1/import/")
+
+
+def _encoded_size(item: Any) -> int:
+    """The size of ``item`` as compact JSON; 0 for one orjson cannot write (nested over 254
+    levels), which :func:`~gateway.events.normalize` then refuses with its reason."""
+    try:
+        return len(orjson.dumps(item))
+    except orjson.JSONEncodeError:
+        return 0
+
+
+def _in_utc_range(sent_at: datetime | None) -> datetime | None:
+    """A batch's ``sentAt``, checked to be writable in UTC (``0001-01-01T00:00:00+14:00`` is not).
+
+    Raises:
+        RequestRejectedError: 400 ``invalid_request``, as for any other bad ``sentAt``.
+    """
+    if sent_at is not None:
+        try:
+            format_timestamp(sent_at)
+        except OverflowError:
+            raise RequestRejectedError(
+                400, "invalid_request", "sentAt: out of range once converted to UTC"
+            ) from None
+    return sent_at
+
 
 _PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
@@ -131,7 +157,7 @@ class SegmentApi:
         context = state.request_context(
             request,
             source,
-            sent_at=envelope.sentAt,
+            sent_at=_in_utc_range(envelope.sentAt),
             context=envelope.context,
             integrations=envelope.integrations,
         )
@@ -140,7 +166,7 @@ class SegmentApi:
         rejected: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             try:
-                if check_size and len(orjson.dumps(item)) > limits.max_event_bytes:
+                if check_size and _encoded_size(item) > limits.max_event_bytes:
                     raise EventRejectedError(
                         "event_too_large",
                         f"the event is over the limit of {limits.max_event_bytes} bytes",
