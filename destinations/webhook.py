@@ -275,11 +275,13 @@ class WebhookDestination(BatchDestination[WebhookSettings]):
                 if 200 <= response.status < 300:
                     return None
                 return self._failure(response, prefix, body)
-        except TimeoutError:
+        except TimeoutError as exc:
+            _drop_tracebacks(exc)
             return RetryableDeliveryError(
                 f"timeout after {self.settings.timeout_s:g} s", request=self._request_sample(body)
             )
         except aiohttp.ClientError as exc:
+            _drop_tracebacks(exc)
             detail = f" ({exc.strerror})" if isinstance(exc, OSError) and exc.strerror else ""
             return RetryableDeliveryError(
                 f"connection error: {type(exc).__name__}{detail}",
@@ -416,3 +418,15 @@ def _retry_after_s(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:  # "-0000" means UTC without saying so
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now)
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Cut the frames a failed request's exceptions hold: through aiohttp's chained causes they
+    keep the whole request body alive in a reference cycle until a full collection (the soak
+    saw 42 MB of them after a destination refused connections; docs/soak.md)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ log = structlog.get_logger("eventgate.router")
 _COMPACT_EVERY_S = 10.0
 _SUPPRESSIONS_EVERY_S = 0.5
 _STATS_EVERY_S = 5.0
+_FULL_COLLECTION_EVERY_TICKS = 6  # every minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +241,14 @@ class Router:
             log.exception("router.stats_failed")
 
     async def _compact_forever(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(_COMPACT_EVERY_S)
+            ticks += 1
+            if ticks % _FULL_COLLECTION_EVERY_TICKS == 0:
+                # The tuned collector (gateway/cli.py) rarely reaches the oldest generation;
+                # cycles a library leaves (a failed request and its body) would wait for it.
+                gc.collect()
             for event_log in list(self.delivering.values()):
                 try:
                     deleted = await event_log.compact(list(self.workers))

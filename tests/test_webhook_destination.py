@@ -620,3 +620,23 @@ async def test_ca_bundle_is_trusted_for_tls(
     trusting = await open_destination(url=receiver.url(), ca_bundle=cert_path)
     assert await deliver_one(trusting) is None
     assert [r.headers["webhook-id"] for r in receiver.requests] == ["web-00000001"]
+
+
+def test_a_failed_requests_exceptions_drop_their_frames() -> None:
+    """The exceptions of a failed request keep no frames (which would hold its body alive)."""
+    from destinations.webhook import _drop_tracebacks
+
+    def fail() -> None:
+        body = b"x" * 100_000  # a local of the failing frame, as aiohttp's request body is
+        try:
+            raise OSError(111, "refused", body[:1])
+        except OSError as inner:
+            raise aiohttp.ClientConnectionError("cannot connect") from inner
+
+    with pytest.raises(aiohttp.ClientError) as caught:
+        fail()
+    exc = caught.value
+    _drop_tracebacks(exc)
+    assert exc.__traceback__ is None
+    assert exc.__cause__ is not None
+    assert exc.__cause__.__traceback__ is None
