@@ -66,6 +66,11 @@ class ServerConfig(_Model):
     ingress_processes: int | Literal["auto"] = Field("auto")
     """Ingress processes ``eventgate serve`` runs beside the router process; ``auto`` is one per
     CPU, 0 runs ingress and router in a single process."""
+    keepalive_timeout_s: float = Field(75.0, gt=0)
+    """How long a client may hold a connection without progress: one that sends no request for
+    this long, or has not finished a request's headers this long after connecting (or after its
+    previous answer), is closed; a body still arriving this long after its headers is answered
+    408. Bounds what idle and slow (slowloris) clients hold; see docs/operations.md."""
 
     @model_validator(mode="after")
     def _processes_in_range(self) -> ServerConfig:

@@ -23,11 +23,13 @@ import contextlib
 import ctypes
 import errno
 import os
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +54,10 @@ log = structlog.get_logger("eventgate.supervisor")
 _BIND_RETRY_S = 5.0
 _RESPAWN_DELAY_S = 1.0
 _PR_SET_PDEATHSIG = 1
+_METRICS_PREFIX = "eventgate-metrics-"
+# Connections the kernel queues per listening socket before the gateway accepts them (capped
+# by net.core.somaxconn); a burst of new clients beyond it waits for SYN retransmits.
+_BACKLOG = 1024
 
 
 def use_event_loop(choice: str) -> str:
@@ -89,6 +95,7 @@ def serve(
     with (config path and overrides); ``announce`` is printed once the socket listens.
     """
     count = ingress_process_count(config)
+    _raise_open_files_limit()
     use_event_loop(config.server.event_loop)
     if count == 0:
         app = create_app(config, plugin_manager=plugin_manager)
@@ -97,19 +104,21 @@ def serve(
             host=config.server.host,
             port=config.server.port,
             shutdown_timeout=config.server.shutdown_grace_s,
+            keepalive_timeout=config.server.keepalive_timeout_s,
+            backlog=_BACKLOG,
             access_log=None,
             print=lambda _: print(announce, file=sys.stderr, flush=True),
             **SERVER_OPTIONS,  # type: ignore[arg-type]
         )
         return 0
-    metrics_dir = config.storage.data_dir / "metrics"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir = _metrics_dir()
     enable_multiprocess_metrics(metrics_dir)
     try:
         sock = _reserve(config.server.host, config.server.port)
     except OSError as exc:
         where = f"{config.server.host}:{config.server.port}"
         print(f"eventgate: cannot listen on {where}: {exc.strerror}", file=sys.stderr)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         return 1
     try:
         port = str(sock.getsockname()[1])
@@ -118,6 +127,7 @@ def serve(
         return asyncio.run(_supervise(config, plugin_manager, ingress, announce))
     finally:
         sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def become_ingress_process(
@@ -139,12 +149,15 @@ def become_ingress_process(
         metrics=Metrics(metrics_dir),
         shard=shard,
     )
-    sock = socket.create_server((config.server.host, port), backlog=1024, reuse_port=True)
+    sock = socket.create_server((config.server.host, port), backlog=_BACKLOG, reuse_port=True)
     use_event_loop(config.server.event_loop)
     web.run_app(
         app,
         sock=sock,
         shutdown_timeout=config.server.shutdown_grace_s,
+        keepalive_timeout=config.server.keepalive_timeout_s,
+        # The loop listens on ``sock`` again, with this backlog (aiohttp's default is 128).
+        backlog=_BACKLOG,
         access_log=None,
         print=None,
         **SERVER_OPTIONS,  # type: ignore[arg-type]
@@ -242,6 +255,47 @@ async def _supervise(
             await event_log.close()
     log.info("supervisor.stopped")
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit of open files to the hard limit; ingress processes inherit it.
+
+    Every client connection is a file descriptor: the usual soft default of 1,024 would refuse
+    clients (``EMFILE``) long before memory or CPU runs out.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):  # e.g. macOS refuses "infinity"
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _metrics_dir() -> Path:
+    """A new directory for this run's multiprocess metric files, off the data disk.
+
+    prometheus-client keeps each process's values in sparse files mapped into memory; touching
+    a page that has no block behind it on a full file system kills the process with SIGBUS.
+    Metrics live only as long as the processes, so they go to a RAM-backed ``/dev/shm`` where
+    there is one (else the temp dir), never beside the event log, whose disk may fill up.
+    Directories left by routers that died are removed.
+    """
+    shm = Path("/dev/shm")  # noqa: S108 - a private directory made with mkdtemp below
+    parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    for stale in parent.glob(f"{_METRICS_PREFIX}*-*"):
+        pid = stale.name.removeprefix(_METRICS_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (in this PID namespace)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _sqlite_shards(config: GatewayConfig, processes: int) -> list[SqliteEventLog]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
@@ -25,12 +26,26 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     """The request body, inflated if gzip/deflate-encoded, refused once it passes ``max_bytes``.
 
     ``max_bytes`` bounds the uncompressed body; inflation stops as soon as the output would pass
-    it, so a gzip bomb costs at most ``max_bytes`` of memory.
+    it, so a gzip bomb costs at most ``max_bytes`` of memory. The whole body must arrive within
+    the server's keep-alive timeout (``server.keepalive_timeout_s``): aiohttp bounds the time to
+    send headers but not a body, so a client trickling one byte at a time (slowloris) would
+    otherwise hold its connection and handler forever.
 
     Raises:
         RequestRejectedError: 413 over the limit, 400 for a body that is not the encoding it
-            claims, 415 for an unsupported ``Content-Encoding``.
+            claims, 415 for an unsupported ``Content-Encoding``, 408 for a body too slow.
     """
+    timeout_s = request.protocol.keepalive_timeout
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, max_bytes)
+    except TimeoutError:
+        raise RequestRejectedError(
+            408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s"
+        ) from None
+
+
+async def _read_body(request: web.Request, max_bytes: int) -> bytes:
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding in ("", "identity"):
         length = request.content_length

@@ -119,6 +119,8 @@ _SEEN_SQL = (
 # How long a write waits for another process to release SQLite's write lock before failing.
 _LOCK_TIMEOUT_S = 5.0
 _BUSY_TIMEOUT_MS = 5000
+# How long compaction's WAL checkpoint waits for other processes' transactions.
+_CHECKPOINT_WAIT_MS = 1000
 
 
 class _Write:
@@ -406,6 +408,7 @@ class SqliteEventLog:
                 await asyncio.sleep(_COMPACT_PAUSE_S)
         if total:
             await self._submit(op=release_pages)
+            await asyncio.to_thread(_truncate_wal, self.path)
         return total
 
     async def _submit(self, *, rows: list[_Row] | None = None, op: _Op | None = None) -> Any:
@@ -721,12 +724,34 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
             time.sleep(0.0001)
 
 
+def _truncate_wal(path: Path) -> None:
+    """Copy the WAL into the database file and truncate it to nothing.
+
+    A WAL file keeps its largest size until truncated, and the quota counts it: without this,
+    a log that reached ``disk_quota_mb`` would stay there however much compaction deleted.
+    Waits at most ``_CHECKPOINT_WAIT_MS`` for other processes' transactions; when they keep
+    the file busy, the next compaction tries again.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={_CHECKPOINT_WAIT_MS}")
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.info("log.checkpoint_busy", path=str(path))
+    except sqlite3.Error as exc:
+        log.warning("log.checkpoint_failed", path=str(path), error=str(exc))
+    finally:
+        conn.close()
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     # Before anything else touches a new file: pages freed by compaction go back to the file
     # system (see compact), so file sizes track what the log holds and every process can check
-    # the quota with stat(). A no-op on an existing file.
-    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    # the quota with stat(). Only on a new file: on an existing one it changes nothing but
+    # still writes, so it would fail on a full disk and keep an ingress process from starting.
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
