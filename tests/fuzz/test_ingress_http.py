@@ -24,6 +24,7 @@ from tests.fuzz.strategies import (
     json_text,
     segops_bodies,
 )
+from tests.fuzz.test_body import bomb
 
 SEGMENT_PATHS = [
     "/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias", "/v1/t",
@@ -136,7 +137,7 @@ def check_batch(answer: Answer, payload: dict[str, Any], valid: list[int]) -> No
     assert {f"valid-{i}" for i in valid} <= stored_ids, (valid, stored_ids)
 
 
-@fuzz_settings(ci_examples=250, long_examples=2_000_000)
+@fuzz_settings(ci_examples=200, long_examples=2_000_000)
 @given(request=requests())
 def test_no_request_gets_a_5xx(gateway: Gateway, request: Request) -> None:
     """Any request to any ingress path gets a JSON answer below 500; refusals have code and
@@ -161,7 +162,7 @@ def test_no_request_gets_a_5xx(gateway: Gateway, request: Request) -> None:
         assert batch or len(answer.stored) == 1, answer.stored
 
 
-@fuzz_settings(ci_examples=60, long_examples=500_000)
+@fuzz_settings(ci_examples=40, long_examples=500_000)
 @given(
     items=st.lists(event_bytes | json_text, max_size=30),
     encoding=st.sampled_from([None, "gzip"]),
@@ -182,3 +183,13 @@ def test_batch_counts_add_up(gateway: Gateway, items: list[bytes], encoding: str
         except orjson.JSONDecodeError:
             return
         assert len(parsed) == len(items)
+
+
+@pytest.mark.parametrize("path", ["/v1/batch", "/v1/track", "/api/ingestion/track/batch/"])
+def test_gzip_bomb_over_http_is_a_413(gateway: Gateway, path: str) -> None:
+    """A gzip bomb (16 MB of zeros in 16 KB) is answered 413 with a JSON refusal."""
+    authorization = f"Bearer {API_KEY}" if path.startswith("/api/") else basic()
+    headers = {"Authorization": authorization, "Content-Encoding": "gzip"}
+    answer = gateway.request("POST", path, bomb(16 << 20), headers)
+    payload = check_answer(path, answer)
+    assert (answer.status, payload["code"]) == (413, "payload_too_large")
