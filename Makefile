@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench bench-all clean
 
 $(STAMP): pyproject.toml examples/eventgate-example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+
+# Every figure of BENCHMARKS.md, one benchmark after the other (about 15 minutes); each prints
+# its table and writes bench/results/<name>.json. Run it on an otherwise idle machine.
+bench-all: $(STAMP)
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/delivery.py
+	$(BIN)/python bench/routing.py
+	$(BIN)/python bench/warehouse.py --backend both
+	$(BIN)/python bench/jetstream.py
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache
