@@ -95,7 +95,11 @@ class Gateway:
                     yield body[start : start + 1000]
 
             data = pieces()
-        async with self.client.request(method, path, data=data, headers=dict(headers)) as resp:
+        url = self.client.make_url(path)
+        # Through the session, not the TestClient: it keeps every response until it closes.
+        async with self.client.session.request(
+            method, url, data=data, headers=dict(headers)
+        ) as resp:
             answer_body = await resp.read()
             status, content_type = resp.status, resp.content_type
         stored: list[dict[str, Any]] = []
