@@ -39,8 +39,10 @@ settings.register_profile(
 
 def fuzz_settings(ci_examples: int, long_examples: int | None = None) -> settings:
     """The active profile, with ``ci_examples`` cases in CI (or ``long_examples`` in the long
-    mode, default the profile's millions)."""
+    mode, default the profile's millions; ``EVENTGATE_FUZZ_EXAMPLES`` overrides both)."""
     if LONG:
         profile = settings.get_profile("long")
-        return settings(profile, max_examples=long_examples or profile.max_examples)
+        override = os.environ.get("EVENTGATE_FUZZ_EXAMPLES")
+        examples = int(override) if override else long_examples or profile.max_examples
+        return settings(profile, max_examples=examples)
     return settings(settings.get_profile("ci"), max_examples=ci_examples)

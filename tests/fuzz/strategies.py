@@ -24,6 +24,7 @@ __all__ = [
     "dumps",
     "event_bytes",
     "gzip_variants",
+    "json_event_bytes",
     "json_text",
     "json_values",
     "segops_bodies",
@@ -62,6 +63,7 @@ ODD_TIMESTAMP_JSON = [json.dumps(t).encode() for t in ODD_TIMESTAMPS] + [
     b"true",
     b"[]",
 ]
+_UTF8 = st.characters(codec="utf-8")
 KEY_TEXT = st.sampled_from([json.dumps(k).encode() for k in SEGMENT_KEYS]) | st.text(
     max_size=8
 ).map(lambda t: json.dumps(t).encode())
@@ -127,9 +129,10 @@ json_values: st.SearchStrategy[Any] = st.recursive(
     | st.booleans()
     | st.integers(-(2**63), 2**64)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12),
+    | st.text(st.characters(codec="utf-8"), max_size=12),
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(st.characters(codec="utf-8"), max_size=8), children, max_size=4)
     ),
     max_leaves=20,
 )
@@ -144,39 +147,46 @@ def valid_event(message_id: str, *, batch: bool = True) -> dict[str, Any]:
     return event
 
 
-def _event_fields() -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
-    """A Segment event as (key, value) JSON pairs: valid fields, some replaced by odd ones."""
+def _event_fields(*, valid_json: bool = False) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
+    """A Segment event as (key, value) JSON pairs: valid fields, some replaced by odd ones (with
+    ``valid_json``, only by values of the wrong type or shape, so the event stays JSON)."""
     good: dict[str, st.SearchStrategy[Any]] = {
         "type": st.sampled_from(["track", "identify", "page", "screen", "group", "alias"]),
-        "userId": st.text(min_size=1, max_size=10),
-        "anonymousId": st.text(max_size=10),
-        "event": st.text(max_size=300),
-        "groupId": st.text(max_size=5),
-        "previousId": st.text(max_size=5),
-        "messageId": st.text(max_size=110),
+        "userId": st.text(_UTF8, min_size=1, max_size=10),
+        "anonymousId": st.text(_UTF8, max_size=10),
+        "event": st.text(_UTF8, max_size=300),
+        "groupId": st.text(_UTF8, max_size=5),
+        "previousId": st.text(_UTF8, max_size=5),
+        "messageId": st.text(_UTF8, max_size=110),
         "timestamp": st.sampled_from(ODD_TIMESTAMPS),
         "sentAt": st.sampled_from(ODD_TIMESTAMPS),
         "originalTimestamp": st.sampled_from(ODD_TIMESTAMPS),
         "properties": json_values,
         "traits": json_values,
         "context": st.fixed_dictionaries(
-            {}, optional={"ip": st.text(max_size=5), "direct": st.booleans(), "x": json_values}
+            {},
+            optional={"ip": st.text(_UTF8, max_size=5), "direct": st.booleans(), "x": json_values},
         ),
-        "integrations": st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+        "integrations": st.dictionaries(st.text(_UTF8, max_size=5), json_values, max_size=3),
         "version": json_values,
         "writeKey": st.just("test-write-key"),
     }
     field = st.sampled_from(sorted(good)).flatmap(
         lambda key: st.tuples(
             st.just(json.dumps(key).encode()),
-            good[key].map(dumps) | json_text,
+            good[key].map(dumps) | (json_values.map(dumps) if valid_json else json_text),
         )
     )
+    if valid_json:
+        return st.lists(field, max_size=10)
     return st.lists(field | st.tuples(KEY_TEXT, json_text), max_size=10)
 
 
 event_bytes: st.SearchStrategy[bytes] = _event_fields().map(_object)
 """A Segment event as JSON text, near-valid: wrong types, odd timestamps, duplicate keys..."""
+json_event_bytes: st.SearchStrategy[bytes] = _event_fields(valid_json=True).map(_object)
+"""A Segment event that is valid JSON but maybe not a valid event: wrong types, odd timestamps,
+duplicate keys, missing fields."""
 
 
 @st.composite
@@ -192,12 +202,12 @@ def batch_bodies(draw: Callable[[st.SearchStrategy[Any]], Any]) -> tuple[bytes, 
             valid.append(index)
             items.append(orjson.dumps(valid_event(f"valid-{index}")))
         else:
-            items.append(draw(event_bytes | json_text))
+            items.append(draw(json_event_bytes | json_event_bytes | event_bytes | json_text))
     pairs = [(b'"batch"', _array(items)), (b'"writeKey"', b'"test-write-key"')]
     if draw(st.booleans()):
         pairs.append((b'"sentAt"', json.dumps(draw(st.sampled_from(_PARSEABLE))).encode()))
     if draw(st.booleans()):
-        context = draw(st.dictionaries(st.text(max_size=4), json_values, max_size=3))
+        context = draw(st.dictionaries(st.text(_UTF8, max_size=4), json_values, max_size=3))
         pairs.append((b'"context"', dumps(context)))
     return _object(draw(st.permutations(pairs))), valid
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.errors import FqlSyntaxError
+from gateway.pipeline.fql import parse
 from tests.fuzz.conftest import fuzz_settings
 from tests.fuzz.fql_oracles import check_evaluation, check_parse, known_finding
 from tests.fuzz.strategies import json_values
@@ -84,3 +87,13 @@ def test_any_expression_evaluates_or_is_an_evaluation_error(
     if expression is None:
         return
     check_evaluation(expression, message)
+
+
+@pytest.mark.parametrize("opener", ["(", "!", "!(", "lowercase(", "contains(", "exists("])
+def test_ten_thousand_deep_nesting_is_a_syntax_error(opener: str) -> None:
+    """An expression nested 10,000 deep is refused as "nested too deeply" at level 64 (the
+    parser stops there: its work is one pass over the tokens), never a RecursionError."""
+    closer = ")" * opener.count("(")
+    text = opener * 10_000 + "x" + closer * 10_000
+    with pytest.raises(FqlSyntaxError, match="nested too deeply"):
+        parse(text)
