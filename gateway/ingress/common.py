@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -126,7 +127,7 @@ class IngressState:
         if self.trusted_proxy_header:
             forwarded = request.headers.get(self.trusted_proxy_header)
             if forwarded:
-                client_ip = forwarded.split(",", 1)[0].strip() or client_ip
+                client_ip = _address(forwarded.split(",", 1)[0].strip()) or client_ip
         stage = self.stages.get(source)
         return RequestContext(
             source=source,
@@ -310,3 +311,15 @@ def add_json_fallback(app: web.Application) -> None:
 
     catch_all = app.router.add_resource("/{tail:.*}")
     catch_all.add_route("*", fallback)
+
+
+def _address(text: str) -> str | None:
+    """``text`` if it is an IP address (what a proxy header should hold), else ``None``.
+
+    A header value that is not one (even bytes that are not UTF-8) must not become the event's
+    ``context.ip``: it could not be stored, and the event would be refused for it.
+    """
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None

@@ -129,15 +129,27 @@ def kind(value: Any) -> str:
 
 
 def same(left: Any, right: Any) -> bool:
-    """Strict equality: JSON types must agree, so ``1 != '1'`` and, unlike Python, ``true != 1``."""
-    left_kind = kind(left)
-    if left_kind != kind(right):
-        return False
-    if left_kind == "array":
-        return len(left) == len(right) and all(map(same, left, right))
-    if left_kind == "object":
-        return left.keys() == right.keys() and all(same(left[k], right[k]) for k in left)
-    return bool(left == right)
+    """Strict equality: JSON types must agree, so ``1 != '1'`` and, unlike Python, ``true != 1``.
+
+    Iterative, so values nested deeper than Python's recursion limit compare too.
+    """
+    pending = [(left, right)]
+    while pending:
+        a, b = pending.pop()
+        a_kind = kind(a)
+        if a_kind != kind(b):
+            return False
+        if a_kind == "array":
+            if len(a) != len(b):
+                return False
+            pending.extend(zip(a, b, strict=True))
+        elif a_kind == "object":
+            if a.keys() != b.keys():
+                return False
+            pending.extend((a[k], b[k]) for k in a)
+        elif a != b:
+            return False
+    return True
 
 
 def in_choices(value: Any, choices: tuple[Any, ...]) -> bool:
