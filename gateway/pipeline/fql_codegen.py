@@ -15,7 +15,6 @@ in the function's globals.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +30,7 @@ from gateway.pipeline.fql_semantics import (
 from gateway.pipeline.fql_syntax import (
     Call,
     Compare,
+    Glob,
     InList,
     InValues,
     Literal,
@@ -226,18 +226,9 @@ class _Writer:
         return f"{site}({', '.join(arguments)})"
 
 
-def _glob_test(regex: re.Pattern[str]) -> Callable[[str], object]:
-    """A test equivalent to ``regex.fullmatch`` for a translated glob, without the backtracking
-    of the ``.*`` a leading or trailing ``*`` becomes: ``*bot*`` searches for ``bot`` anywhere,
-    and ``Test *`` matches ``Test`` at the start. A glob's ``*`` is the only source of ``.*`` in
-    its regex (a literal ``.`` or ``*`` is escaped), and the regex is DOTALL, so ``.*`` is any run.
-    """
-    text = regex.pattern
-    if not text.endswith(".*"):
-        return regex.fullmatch
-    if text.startswith(".*"):
-        return re.compile(text[2:-2], regex.flags).search
-    return re.compile(text[:-2], regex.flags).match
+def _glob_test(glob: Glob) -> Callable[[str], object]:
+    """The glob's whole-string test (linear in the text; see :class:`fql_syntax.Glob`)."""
+    return glob.fullmatch
 
 
 def _is_number(node: Node) -> bool:

@@ -18,6 +18,7 @@ from gateway.errors import FqlEvaluationError
 from gateway.pipeline.fql_syntax import (
     Call,
     Compare,
+    Glob,
     InList,
     InValues,
     Literal,
@@ -208,7 +209,7 @@ def _snakecase(text: str) -> str:
     return _SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", text)).lower()
 
 
-def _match(value: Any, pattern: re.Pattern[str]) -> bool:
+def _match(value: Any, pattern: Glob) -> bool:
     text = _string_or_null(value)
     return text is not None and pattern.fullmatch(text) is not None
 

@@ -181,7 +181,6 @@ print(parse("match(x, 'a*a*a*a*b')").value({"x": "a" * 5000}))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="FQL globs are backtracking regexes")
 def test_fql_glob_with_many_stars_is_linear() -> None:
     """``match(x, 'a*a*a*a*b')`` on 5,000 'a's answers false at once; as a backtracking regex it
     takes about 10^14 steps, so it is run in a child stopped after 10 s (a hang, not a slow case:
@@ -200,7 +199,6 @@ def test_fql_glob_with_many_stars_is_linear() -> None:
 # will change in a future Python); under warnings-as-errors parse() raises it.
 
 
-@pytest.mark.xfail(strict=True, reason="fql_syntax.glob passes '--' in a class to re as written")
 def test_glob_class_with_two_hyphens_parses_without_a_warning() -> None:
     """``match(x, '[a--]')`` parses (or is a syntax error) without re's FutureWarning."""
     with warnings.catch_warnings():
