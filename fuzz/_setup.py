@@ -1,4 +1,4 @@
-"""Shared setup of the atheris harnesses: the repository on ``sys.path``, known findings.
+"""Shared setup of the atheris harnesses: the repository on ``sys.path``.
 
 Run a harness from the repository root, e.g. ``.venv/bin/python fuzz/fql.py -atheris_runs=5000000``
 (libFuzzer options: ``-max_total_time=600``, ``-timeout=10`` for hangs, ``-rss_limit_mb=2048``,
@@ -7,14 +7,9 @@ a corpus directory as a positional argument). ``pip install -e '.[fuzz]'`` insta
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-STRICT = os.environ.get("EVENTGATE_FUZZ_STRICT") == "1"
-"""Whether findings still open (strict xfails in tests/fuzz/test_regressions.py) count as
-crashes; by default they are skipped so a long run can go on to find new ones."""

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 
-import _setup
+import _setup  # noqa: F401 - puts the repository on sys.path
 import atheris
 
 with atheris.instrument_imports():
     import orjson
 
-    from tests.fuzz.fql_oracles import check_evaluation, check_parse, known_finding
+    from tests.fuzz.fql_oracles import check_evaluation, check_parse
 
 FALLBACK = {"type": "track", "event": "Order Completed", "properties": {"plan": "pro", "n": 3}}
 
@@ -24,8 +24,6 @@ def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     text = fdp.ConsumeUnicode(fdp.ConsumeIntInRange(0, 400))
     raw = fdp.ConsumeBytes(fdp.remaining_bytes())
-    if not _setup.STRICT and known_finding(text):
-        return
     expression = check_parse(text)
     if expression is None:
         return
@@ -35,8 +33,6 @@ def test_one_input(data: bytes) -> None:
         message = FALLBACK
     if not isinstance(message, dict):
         message = {"properties": message}
-    if not _setup.STRICT and known_finding(text, message):
-        return
     check_evaluation(expression, message)
 
 

@@ -18,7 +18,7 @@ ENCODINGS = st.sampled_from(["", "gzip", "x-gzip", "deflate", "identity", "br", 
 ROUTES = st.sampled_from([None, "track", "identify", "page", "screen", "group", "alias"])
 
 
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=300)
 @given(
     data=event_bytes | json_text | st.binary(),
     encoding=ENCODINGS,

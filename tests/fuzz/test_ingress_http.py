@@ -141,7 +141,7 @@ def check_batch(answer: Answer, payload: dict[str, Any], valid: list[int]) -> No
     assert {f"valid-{i}" for i in valid} <= stored_ids, (valid, stored_ids)
 
 
-@fuzz_settings(ci_examples=200, long_examples=2_000_000)
+@fuzz_settings(ci_examples=400, long_examples=2_000_000)
 @given(request=requests())
 def test_no_request_gets_a_5xx(gateway: Gateway, request: Request) -> None:
     """Any request to any ingress path gets a JSON answer below 500; refusals have code and
@@ -168,7 +168,7 @@ def test_no_request_gets_a_5xx(gateway: Gateway, request: Request) -> None:
         assert batch or len(answer.stored) == 1, answer.stored
 
 
-@fuzz_settings(ci_examples=40, long_examples=500_000)
+@fuzz_settings(ci_examples=80, long_examples=500_000)
 @given(
     items=st.lists(event_bytes | json_text, max_size=30),
     encoding=st.sampled_from([None, "gzip"]),

@@ -24,7 +24,7 @@ keys = (
 scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=3)
 
 
-@fuzz_settings(ci_examples=1000)
+@fuzz_settings(ci_examples=2000)
 @given(first=keys, second=keys)
 def test_names_are_valid_and_distinct(first: str, second: str) -> None:
     """Every key and event name gives a valid identifier of at most 63 bytes, deterministic,
@@ -32,7 +32,7 @@ def test_names_are_valid_and_distinct(first: str, second: str) -> None:
     check_names(first, second)
 
 
-@fuzz_settings(ci_examples=200)
+@fuzz_settings(ci_examples=400)
 @given(
     properties=st.dictionaries(keys, scalars, max_size=6),
     context=st.dictionaries(

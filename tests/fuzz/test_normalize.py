@@ -67,7 +67,7 @@ def parsed(body: bytes) -> Any:
         return None
 
 
-@fuzz_settings(ci_examples=200)
+@fuzz_settings(ci_examples=400)
 @given(body=json_text | event_bytes | st.binary())
 def test_parse_json_refuses_only_with_400(body: bytes) -> None:
     """parse_json returns a value or raises the 400 "malformed JSON" refusal, nothing else."""
@@ -80,7 +80,7 @@ def test_parse_json_refuses_only_with_400(body: bytes) -> None:
     assert refusal == (400, "invalid_request")
 
 
-@fuzz_settings(ci_examples=200)
+@fuzz_settings(ci_examples=400)
 @given(body=event_bytes | json_text, route_type=ROUTE_TYPES, request=request_contexts())
 def test_normalize_accepts_or_rejects(
     body: bytes, route_type: str | None, request: RequestContext
@@ -100,7 +100,7 @@ def test_normalize_accepts_or_rejects(
     assert all(reason), reason
 
 
-@fuzz_settings(ci_examples=200)
+@fuzz_settings(ci_examples=400)
 @given(item=json_values | segops_dicts, request=request_contexts())
 def test_segops_events_map_or_are_rejected(item: Any, request: RequestContext) -> None:
     """to_spec() then normalize() on any JSON value gives an event or EventRejectedError."""
@@ -122,7 +122,7 @@ header_text = st.text() | st.builds(
 )
 
 
-@fuzz_settings(ci_examples=400)
+@fuzz_settings(ci_examples=800)
 @given(header=header_text)
 def test_auth_headers_parse_or_give_none(header: str) -> None:
     """The Basic and Bearer parsers return a string or None for any header, never raise, and
