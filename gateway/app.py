@@ -60,7 +60,14 @@ log = structlog.get_logger("eventgate.app")
 
 # How the app must be served: ingress inflates gzip itself, bounded while streaming, so aiohttp's
 # own decompression is off (with it on, a body claiming gzip that is not would get a text 400).
-SERVER_OPTIONS: dict[str, object] = {"auto_decompress": False}
+# Header lines up to 64 KiB: aiohttp refuses longer ones before any handler runs, with a
+# text/plain 400 an SDK cannot read (8 KiB by default; a fuzzing finding). A write key that long
+# still gets the JSON 401 from the handler.
+SERVER_OPTIONS: dict[str, object] = {
+    "auto_decompress": False,
+    "max_line_size": 65536,
+    "max_field_size": 65536,
+}
 
 
 def create_app(
