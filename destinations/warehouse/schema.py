@@ -72,7 +72,8 @@ RESERVED_COLUMNS: Mapping[str, ColumnType] = {
     UNMAPPED_COLUMN: ColumnType.TEXT,
 }
 """Columns eventgate fills itself, with fixed types. A property or trait whose name is one of
-these is stored with a ``_`` prefix instead (``properties.id`` -> ``_id``)."""
+these, ``channel`` or ``context_*`` is stored with a ``_`` prefix instead (``properties.id`` ->
+``_id``, ``properties.context_ip`` -> ``_context_ip``)."""
 
 _TOP_LEVEL = (
     ("messageId", "id"),
@@ -251,6 +252,17 @@ def _joined(prefix: str, key: str) -> str:
 @functools.lru_cache(maxsize=16384)
 def _column(prefix: str, key: str, max_bytes: int, guard_reserved: bool) -> str:
     column = identifier(_joined(prefix, key), max_bytes)
-    if guard_reserved and column in RESERVED_COLUMNS:
+    if guard_reserved and _taken(column):
         column = identifier("_" + column, max_bytes)
     return column
+
+
+def _taken(column: str) -> bool:
+    """Whether a property or trait named ``column`` would overwrite a column of the message
+    itself: the reserved ones, ``channel``, and the flattened ``context_*`` (a fuzzing finding:
+    a property ``context_ip`` replaced the event's IP)."""
+    return (
+        column in RESERVED_COLUMNS
+        or column in ("channel", "context")
+        or column.startswith("context_")
+    )

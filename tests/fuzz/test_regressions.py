@@ -213,7 +213,6 @@ def test_glob_class_with_two_hyphens_parses_without_a_warning() -> None:
 # silently replaces the top-level channel or that context field.
 
 
-@pytest.mark.xfail(strict=True, reason="schema.py: properties can take context_* and channel")
 def test_property_named_like_a_context_column_does_not_replace_it() -> None:
     """Properties "context_ip" and "channel" do not overwrite context.ip and the channel."""
     message = {
