@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import duckdb
 import orjson
+import structlog
 
 from destinations.warehouse.backend import (
     LoadResult,
@@ -34,6 +35,8 @@ from destinations.warehouse.plan import Conflict, TablePlan, plan_table
 from destinations.warehouse.schema import ColumnType
 
 __all__ = ["DuckDBWarehouse"]
+
+log = structlog.get_logger("eventgate.warehouse")
 
 T = TypeVar("T")
 
@@ -64,9 +67,18 @@ class DuckDBWarehouse(WarehouseBackend):
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventgate-duckdb")
 
     async def open(self) -> None:
-        """Create the file's directory and check that the file can be opened."""
+        """Create the file's directory and check that the file can be opened.
+
+        A file another process holds (someone querying it, or an old gateway not yet gone) is
+        no reason to refuse to start: loads wait for it like any load does.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self._run(lambda conn: None)
+        try:
+            await self._run(lambda conn: None)
+        except ConnectionError as exc:
+            if not isinstance(exc.__cause__, duckdb.IOException) or "lock" not in str(exc):
+                raise
+            log.warning("warehouse.file_busy", path=str(self.path), error=str(exc.__cause__))
         if self.release_file_after_s:
             self._releaser = asyncio.create_task(self._release_when_idle(self.release_file_after_s))
 

@@ -279,3 +279,32 @@ async def test_duckdb_file_is_released_when_loads_pause(tmp_path: Path) -> None:
     await deliver(destination, [make_event(2)])
     assert await ids_in(destination, "tracks") == ["web-00000001", "web-00000002"]
     await destination.close()
+
+
+async def test_a_file_held_by_another_process_does_not_stop_the_start(tmp_path: Path) -> None:
+    """Opening on a DuckDB file another process holds succeeds (loads wait until it is free)."""
+    from destinations.warehouse.duckdb_backend import DuckDBWarehouse
+
+    path = tmp_path / "held.duckdb"
+    holder_code = (
+        "import duckdb, sys\n"
+        f"c = duckdb.connect({str(path)!r})\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        holder_code,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert (await holder.stdout.readline()).strip() == b"held"
+        warehouse = DuckDBWarehouse(path, max_columns=1000)
+        await warehouse.open()  # raised ConnectionError before, so the gateway would not start
+        await warehouse.close()
+    finally:
+        holder.kill()
+        await holder.communicate()
