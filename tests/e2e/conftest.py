@@ -91,10 +91,20 @@ class Gateway:
         raise AssertionError(f"the gateway did not start:\n{self.output()}")
 
     def kill(self) -> None:
-        """kill -9: no cleanup of any kind."""
+        """kill -9: no cleanup of any kind.
+
+        Returns once the ingress processes died too (the kernel kills them with the router), so
+        the next start cannot be answered by one of them while the new router starts.
+        """
         assert self.process is not None
+        children = _children(self.process.pid)
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
 
     def terminate(self) -> int:
         """SIGTERM, wait for the graceful shutdown, return the exit code."""
@@ -134,3 +144,23 @@ def _gateway(tmp_path: Path) -> Iterator[Gateway]:
     yield gateway
     if gateway.process is not None and gateway.process.poll() is None:
         gateway.kill()
+
+
+def _children(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (Linux ``/proc``; empty elsewhere)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.extend(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
