@@ -6,14 +6,18 @@ needs it skips with the reason when it is missing.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import sys
 import sysconfig
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nats
+import nats.errors
 import pytest
 
 __all__ = ["NatsCluster", "NatsServer", "free_port", "nats_server_binary"]
@@ -104,6 +108,7 @@ class NatsCluster:
             self.servers.append(_LateServer(store, args))
         for server in self.servers:
             server.wait_listening()
+        wait_for_jetstream(self.urls)
 
     @property
     def urls(self) -> list[str]:
@@ -121,3 +126,29 @@ class _LateServer(NatsServer):
 
     def start(self, wait: bool = False) -> None:
         super().start(wait=wait)
+
+
+def wait_for_jetstream(urls: list[str], timeout_s: float = 30) -> None:
+    """Wait until JetStream answers (a cluster first elects its meta leader, which takes a
+    few seconds after the servers listen; a stream created before that times out)."""
+
+    async def ready() -> bool:
+        try:
+            client = await nats.connect(urls, connect_timeout=2, max_reconnect_attempts=0)
+        except (nats.errors.Error, OSError):
+            return False
+        try:
+            await client.jetstream(timeout=2).account_info()
+        except (nats.errors.Error, OSError, TimeoutError):
+            return False
+        finally:
+            await client.close()
+        return True
+
+    deadline = time.monotonic() + timeout_s
+    # A thread of its own: the caller may be a coroutine, with an event loop running.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        while not pool.submit(asyncio.run, ready()).result():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"JetStream at {urls} did not become ready in {timeout_s} s")
+            time.sleep(0.2)
