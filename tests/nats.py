@@ -106,9 +106,13 @@ class NatsCluster:
             store = root / f"n{i}"
             store.mkdir(parents=True, exist_ok=True)
             self.servers.append(_LateServer(store, args))
-        for server in self.servers:
-            server.wait_listening()
-        wait_for_jetstream(self.urls)
+        try:
+            for server in self.servers:
+                server.wait_listening()
+            wait_for_jetstream(self.urls)
+        except BaseException:
+            self.stop()  # nothing left running when the cluster never came up
+            raise
 
     @property
     def urls(self) -> list[str]:
