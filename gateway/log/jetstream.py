@@ -30,10 +30,11 @@ partition is delivered by one node at a time, the holder of its lease (:mod:`gat
 - **Compaction** purges the partition's subject below the lowest cursor, never anything newer.
 
 Limits, measured or by construction: reads need nats-server 2.11 or newer (batched direct get);
-with ``replicas > 1`` a direct get may be answered by a replica a moment behind the leader, so a
-read can miss the newest events until the next one. The retry lookups (``due_retries``,
-``next_retry_at``, ``first_pending_of``) fetch the partition's retries of the destination in one
-batched direct get each: fine for thousands of pending retries, not for millions.
+with ``replicas > 1`` a direct get may be answered by a replica a moment behind the leader; a
+read that finds the partition's end asks the leader before it skips anything. The retry lookups
+(``due_retries``, ``next_retry_at``, ``first_pending_of``) fetch the partition's retries of the
+destination in one batched direct get each: fine for thousands of pending retries, not for
+millions.
 """
 
 from __future__ import annotations
@@ -611,6 +612,16 @@ class JetStreamEventLog:
             # Nothing more in this partition: the sequence numbers up to ``known`` that were not
             # returned belong to other partitions (or were compacted), so the scan covers them;
             # a caller's cursor then waits at the partition's end instead of spinning below it.
+            # With replicas, a direct get may be answered by a replica behind the leader: the
+            # leader says whether the partition really ends here before anything is skipped
+            # (skipping on a lagging replica's word lost events in the 3-node cluster test).
+            lagging = (
+                known > scanned_to
+                and self.storage.config.replicas > 1
+                and await self._subject_last_seq(direct=False) > scanned_to
+            )
+            if lagging:
+                known = scanned_to  # read again; the replica will have caught up
             scanned_to = max(scanned_to, known)
             self._last_seq = max(self._last_seq, scanned_to)
         return ReadResult(
@@ -667,11 +678,12 @@ class JetStreamEventLog:
     def _retry_key(self, destination: str, seq: int) -> str:
         return f"{destination}.{self.partition}.{seq}"
 
-    async def _subject_last_seq(self) -> int:
+    async def _subject_last_seq(self, *, direct: bool = True) -> int:
+        """The partition's newest sequence: from any replica (``direct``) or the leader."""
         js = self._js()
         try:
             msg = await self.storage.call(
-                js.get_last_msg(self.storage.events_stream, self.subject, direct=True)
+                js.get_last_msg(self.storage.events_stream, self.subject, direct=direct)
             )
         except nats.js.errors.NotFoundError:
             return 0
