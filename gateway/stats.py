@@ -180,10 +180,12 @@ def delivery_report(data_dir: Path, destination: str, now: float | None = None) 
     if path.exists():
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             conn.execute("PRAGMA busy_timeout=10000")
+            # Both, or neither yet: the writer creates them one after the other.
             has_tables = conn.execute(
-                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'delivery_stats'"
+                "SELECT COUNT(*) FROM sqlite_master "
+                "WHERE name IN ('delivery_stats', 'error_samples')"
             ).fetchone()[0]
-            if has_tables:
+            if has_tables == 2:
                 rows = conn.execute(
                     "SELECT minute, delivered, failed, dead_lettered, latency FROM "
                     "delivery_stats WHERE destination = ? AND minute > ?",
@@ -228,10 +230,12 @@ def delivery_trends(data_dir: Path, destination: str, now: float | None = None) 
     if path.exists():
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             conn.execute("PRAGMA busy_timeout=10000")
+            # Both, or neither yet: the writer creates them one after the other.
             has_tables = conn.execute(
-                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'delivery_stats'"
+                "SELECT COUNT(*) FROM sqlite_master "
+                "WHERE name IN ('delivery_stats', 'error_samples')"
             ).fetchone()[0]
-            if has_tables:
+            if has_tables == 2:
                 rows = conn.execute(
                     "SELECT minute, delivered, failed, dead_lettered, latency FROM "
                     "delivery_stats WHERE destination = ? AND minute > ?",
